@@ -1,0 +1,198 @@
+"""The whole script, run as a user runs it: train, report, save, and never lose a good model."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train
+from conftest import TRAIN, is_png, run_train, synthetic_mnist
+
+OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE}
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
+                               reason="Graphviz's dot is not installed, so no diagram is drawn")
+
+
+@pytest.fixture(scope="module")
+def smoke(synthetic_npz, tmp_path_factory):
+    """The CI smoke test of the design card: one epoch on small synthetic MNIST-format data."""
+    out = tmp_path_factory.mktemp("smoke")
+    done = run_train("--data", synthetic_npz, "--epochs", "1", "--output-dir", out)
+    return done, out
+
+
+def test_smoke_run_succeeds_and_reports_in_percent(smoke):
+    done, _ = smoke
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Epoch 1/1: loss ")  # one plain line per epoch when not a terminal
+    for label in ("Training accuracy", "Validation accuracy", "Test accuracy"):
+        assert any(line.startswith(f"{label}: ") and line.endswith("%") for line in lines), label
+
+
+def test_smoke_run_output_is_free_of_framework_chatter(smoke):
+    done, _ = smoke
+    assert done.stderr == ""
+    assert "absl" not in done.stdout and "oneDNN" not in done.stdout
+
+
+def test_smoke_run_learns_the_synthetic_digits(smoke):
+    done, out = smoke
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
+    assert metrics["test_accuracy"] > 0.9  # chance is 0.1
+    assert f"Test accuracy: {100 * metrics['test_accuracy']:.2f}%" in done.stdout
+
+
+def test_smoke_run_writes_exactly_the_outputs(smoke):
+    _, out = smoke
+    expected = OUTPUTS if shutil.which("dot") else OUTPUTS - {train.DIAGRAM_FILE}
+    assert {p.name for p in out.iterdir()} == expected  # and no staging folder left behind
+
+
+def test_metrics_json_records_the_run(smoke, synthetic_npz):
+    _, out = smoke
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
+    assert metrics["epochs"] == 1 and metrics["batch_size"] == 32 and metrics["seed"] == train.SEED
+    assert metrics["data_source"] == str(synthetic_npz)
+    assert set(metrics["history"]) >= {"accuracy", "loss", "val_accuracy", "val_loss"}
+    assert all(len(values) == 1 for values in metrics["history"].values())
+    assert metrics["versions"]["tensorflow"] and metrics["versions"]["keras"]
+    assert 0 < metrics["fit_seconds"] <= metrics["wall_seconds"]
+
+
+def test_saved_model_reloads_and_reproduces_the_test_accuracy(smoke, synthetic_npz):
+    import keras
+    _, out = smoke
+    model = keras.models.load_model(out / train.MODEL_FILE)
+    test = np.load(synthetic_npz)
+    predicted = model.predict(test["x_test"].astype(np.float32) / 255, verbose=0).argmax(axis=1)
+    accuracy = float((predicted == test["y_test"]).mean())
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+@needs_dot
+def test_architecture_diagram_is_a_png(smoke):
+    _, out = smoke
+    assert is_png(out / train.DIAGRAM_FILE)
+
+
+def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_path):
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    out = tmp_path / "out"
+    done = run_train("--data", synthetic_npz, "--epochs", "1", "--output-dir", out,
+                     env={"PATH": str(empty_path)})
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: Graphviz's 'dot' program was not found")
+    assert "apt-get install graphviz" in warnings[0]
+    assert {p.name for p in out.iterdir()} == OUTPUTS - {train.DIAGRAM_FILE}
+
+
+def test_same_seed_gives_identical_results_and_another_seed_does_not(synthetic_npz, tmp_path):
+    def run(name: str, seed: str) -> tuple[dict, bytes]:
+        out = tmp_path / name
+        done = run_train("--data", synthetic_npz, "--epochs", "2", "--seed", seed, "--output-dir", out)
+        assert done.returncode == 0, done.stderr
+        metrics = json.loads((out / train.METRICS_FILE).read_text())
+        return {k: metrics[k] for k in ("test_accuracy", "test_loss", "history")}, weights(out)
+
+    first, again, other = run("a", "7"), run("b", "7"), run("c", "8")
+    assert first == again
+    assert first[1] != other[1]
+
+
+def weights(out: Path) -> bytes:
+    import h5py
+    with h5py.File(out / train.MODEL_FILE) as file:
+        arrays = []
+        file["model_weights"].visititems(
+            lambda name, item: arrays.append(item[()].tobytes()) if isinstance(item, h5py.Dataset) else None)
+    return b"".join(arrays)
+
+
+def previous_good_run(out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    for name in OUTPUTS:
+        (out / name).write_bytes(f"previous {name}".encode())
+    return snapshot(out)
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(
+        synthetic_npz, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+
+    def disk_full(path, content):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "write_json", disk_full)
+    code = train.main(["--data", str(synthetic_npz), "--epochs", "1", "--output-dir", str(out), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: could not write the outputs to {out}" in err and "No space left" in err
+    assert "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_bad_data_fails_with_one_line_and_keeps_the_previous_model(tmp_path):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(b"not an archive")
+    done = run_train("--data", bad, "--output-dir", out)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {bad}: not an .npz archive (wrong format or truncated)"
+    assert snapshot(out) == before
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(tmp_path):
+    data = tmp_path / "bigger.npz"
+    np.savez(data, **synthetic_mnist(n_train=20_000, n_test=100))
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    first_line = process.stdout.readline()  # the first epoch is done: training is under way
+    assert re.match(r"Epoch +1/500: ", first_line)
+    assert len(list(out.iterdir())) == len(OUTPUTS) + 1  # the staging folder, hidden
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip() == f"Interrupted: nothing was saved; {out} is as it was."
+    assert snapshot(out) == before
+
+
+def test_a_new_output_folder_is_removed_again_when_the_run_is_interrupted(tmp_path):
+    data = tmp_path / "bigger.npz"
+    np.savez(data, **synthetic_mnist(n_train=20_000, n_test=100))
+    out = tmp_path / "new" / "folder"
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert re.match(r"Epoch +1/500: ", process.stdout.readline())
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert not out.exists()
+
+
+def test_real_mnist_one_epoch_reaches_95_percent(real_mnist, tmp_path):
+    done = run_train("--data", real_mnist, "--epochs", "1", "--output-dir", tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
+    assert metrics["test_accuracy"] >= 0.95
+    assert len(metrics["history"]["accuracy"]) == 1

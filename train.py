@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Train a small dense network to recognise handwritten digits (MNIST).
+
+    python train.py                        # download MNIST once, train, evaluate, save
+    python train.py --data mnist.npz       # use a local copy instead of downloading
+    python train.py --help                 # every option
+
+The run loads MNIST, scales the pixels to [0, 1], holds out the last 20% of the
+training images for validation, trains Flatten -> Dense(128, relu) ->
+Dense(10, softmax) with Adam, prints the test accuracy, and writes
+model.h5, model_architecture.png and metrics.json to the output folder.
+
+TensorFlow is imported only after the options and the data have been checked,
+so a mistake is reported at once instead of after several seconds of start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# Defaults: every one of them can be changed on the command line.
+# -----------------------------------------------------------------------------
+EPOCHS = 10
+BATCH_SIZE = 32
+VALIDATION_SPLIT = 0.2
+LEARNING_RATE = 1e-3
+SEED = 42
+OUTPUT_DIR = "."
+
+HIDDEN_UNITS = 128
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+EVAL_BATCH_SIZE = 1024  # evaluation only: batch size does not change the result
+
+MODEL_FILE = "model.h5"
+DIAGRAM_FILE = "model_architecture.png"
+METRICS_FILE = "metrics.json"
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DOWNLOAD_TIMEOUT_SECONDS = 30
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {  # the names the original MNIST files are distributed under
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+GRAPHVIZ_INSTALL = "apt-get install graphviz, brew install graphviz or conda install graphviz"
+
+# Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
+# logging is not set up when they are printed). Anything else still gets through.
+TENSORFLOW_CHATTER = re.compile(
+    r"^[IW]\d{4} "  # INFO and WARNING records from the C++ runtime
+    r"|absl::InitializeLog\(\)"
+    r"|cuInit|cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning"
+    r"|^To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|NodeDef mentions attribute .* which is not in the op definition"
+)
+
+
+class DataError(Exception):
+    """The data is missing, unreadable or not MNIST-shaped; the message says which and why."""
+
+
+class OutputError(Exception):
+    """An output could not be written; the message names the folder and why."""
+
+
+class Mnist(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+
+class Split(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+# -----------------------------------------------------------------------------
+# Command line
+# -----------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def any_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a digit classifier on MNIST and save it as model.h5.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, metavar="PATH",
+                        help="local MNIST: a Keras-format mnist.npz, or a folder with the four "
+                             "original IDX files (optionally .gz); default: download with Keras")
+    parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
+                        help="passes over the training images")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                        help="images per training step")
+    parser.add_argument("--validation-split", type=open_fraction, default=VALIDATION_SPLIT,
+                        help="fraction of the training images held out for validation (the last ones)")
+    parser.add_argument("--seed", type=any_int, default=SEED,
+                        help="random seed: the same seed gives the same model on the same machine")
+    parser.add_argument("--output-dir", type=Path, default=Path(OUTPUT_DIR), metavar="DIR",
+                        help="folder for model.h5, model_architecture.png and metrics.json "
+                             "(created if missing)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the results, no training progress")
+    args = parser.parse_args(argv)
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        parser.error(f"argument --output-dir: {problem}")
+    return args
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """Say why outputs could not be written to `path`, before any time is spent training."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Data
+# -----------------------------------------------------------------------------
+def load_mnist(data: Path | None) -> Mnist:
+    """MNIST as uint8 arrays, checked to be MNIST-shaped, from `data` or from Keras's download."""
+    if data is None:
+        arrays, where = download_mnist(), {name: name for name in ARRAY_NAMES}
+        source = "keras.datasets.mnist"
+    elif data.is_dir():
+        arrays, where = read_idx_folder(data)
+        source = str(data)
+    elif data.is_file():
+        arrays, where = read_npz(data), {name: f"{data}: {name}" for name in ARRAY_NAMES}
+        source = str(data)
+    else:
+        raise DataError(f"{data}: no such file or folder")
+    check_mnist(arrays, where)
+    return Mnist(**arrays, source=source)
+
+
+def download_mnist() -> dict[str, np.ndarray]:
+    """Keras's own copy of MNIST: downloaded on first use, then read from ~/.keras/datasets."""
+    import socket
+
+    import keras
+
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # a silent firewall fails fast too
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as error:  # Keras raises a bare Exception for network failures
+        raise DataError(
+            f"could not download MNIST ({error}); with no network, pass a local copy "
+            "with --data PATH (a Keras mnist.npz or a folder of the IDX files)"
+        ) from None
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (wrong format or truncated)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in ARRAY_NAMES if name not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {', '.join(missing)}; "
+                    f"an MNIST .npz holds {', '.join(ARRAY_NAMES)}"
+                )
+            return {name: archive[name] for name in ARRAY_NAMES}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: unreadable .npz archive ({error})") from None
+
+
+def read_idx_folder(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    arrays, where = {}, {}
+    for name, stem in IDX_FILES.items():
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise DataError(f"{folder}: no {stem} or {stem}.gz (a folder needs all four MNIST IDX files)")
+        arrays[name], where[name] = read_idx(path), str(path)
+    return arrays, where
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (LeCun's MNIST format): a 4-byte magic number, big-endian sizes, then bytes."""
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as file:
+            raw = file.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: unreadable ({error})") from None
+    if len(raw) == 0:
+        raise DataError(f"{path}: file is empty")
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: holds {len(raw) - header} bytes of data, but its header "
+                        f"{shape} says {expected} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def check_mnist(arrays: dict[str, np.ndarray], where: dict[str, str]) -> None:
+    """Refuse anything that is not uint8 28x28 images with one 0-9 label each."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        at_images, at_labels = where[f"x_{split}"], where[f"y_{split}"]
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{at_images} has shape {images.shape}; expected (N, 28, 28) images")
+        if images.dtype != np.uint8:
+            raise DataError(f"{at_images} has {images.dtype} pixels; expected uint8 (0-255)")
+        if len(images) == 0:
+            raise DataError(f"{at_images} holds no images")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{at_labels} has shape {labels.shape} and type {labels.dtype}; "
+                            "expected one integer label per image")
+        if len(labels) != len(images):
+            raise DataError(f"{at_images} has {len(images)} images but {at_labels} "
+                            f"has {len(labels)} labels")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= NUM_CLASSES:
+            raise DataError(f"{at_labels} has labels from {low} to {high}; expected digits 0-9")
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1], made in one step with no float64 copy."""
+    scaled = images.astype(np.float32)
+    scaled /= 255
+    return scaled
+
+
+def split_validation(mnist: Mnist, fraction: float) -> Split:
+    """Hold out the last `fraction` of the training images, exactly as Keras's validation_split does."""
+    total = len(mnist.x_train)
+    cut = int(np.ceil(total * (1 - fraction)))
+    if cut == 0 or cut == total:
+        raise DataError(f"{mnist.source}: {total} training images are too few to hold out "
+                        f"{fraction:g} of them for validation")
+    x_train = normalize(mnist.x_train)
+    return Split(x_train[:cut], mnist.y_train[:cut], x_train[cut:], mnist.y_train[cut:],
+                 normalize(mnist.x_test), mnist.y_test)
+
+
+# -----------------------------------------------------------------------------
+# TensorFlow set-up
+# -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def tensorflow_chatter_filtered() -> Iterator[None]:
+    """Pass stderr through a filter that drops TensorFlow's C++ chatter and keeps everything else.
+
+    The C++ runtime writes straight to file descriptor 2, so the filter sits on the descriptor:
+    a pipe, read line by line by a thread that forwards what is worth reading.
+    """
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with open(read_end, "rb") as pipe, open(real_stderr, "wb", buffering=0, closefd=False) as out:
+            for line in pipe:
+                if not TENSORFLOW_CHATTER.search(line.decode(errors="replace")):
+                    out.write(line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # closes the pipe's last write end: the forwarder sees EOF
+        forwarder.join()
+        os.close(real_stderr)
+
+
+def start_tensorflow(seed: int) -> None:
+    """Import TensorFlow quietly and make every random choice follow `seed`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    # The user asked for .h5 on purpose: Keras's "legacy format" notice is noise here.
+    logging.getLogger("absl").addFilter(lambda record: "HDF5 file via" not in record.getMessage())
+
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+def build_model():
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=IMAGE_SHAPE, name="image"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax", name="digit"),
+        ],
+        name="mnist_dense",
+    )
+
+
+def compile_model(model, learning_rate: float = LEARNING_RATE) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+# -----------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------
+def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
+    return (f"Epoch {epoch + 1:>{len(str(epochs))}}/{epochs}: "
+            f"loss {logs['loss']:.4f}, accuracy {100 * logs['accuracy']:.2f}%, "
+            f"validation loss {logs['val_loss']:.4f}, "
+            f"validation accuracy {100 * logs['val_accuracy']:.2f}% ({seconds:.1f} s)")
+
+
+def progress_callbacks(epochs: int, quiet: bool) -> tuple[int, list]:
+    """Keras's progress bar on a terminal; one plain line per epoch in logs and pipes."""
+    import keras
+
+    if quiet:
+        return 0, []
+    if sys.stdout.isatty():
+        return 1, []
+    started = {}
+    line_per_epoch = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: started.update(at=time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: print(
+            epoch_line(epoch, epochs, logs, time.perf_counter() - started["at"]), flush=True),
+    )
+    return 0, [line_per_epoch]
+
+
+def train(model, data: Split, args: argparse.Namespace):
+    verbose, callbacks = progress_callbacks(args.epochs, args.quiet)
+    return model.fit(
+        data.x_train, data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=callbacks,
+    )
+
+
+def evaluate(model, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return model.evaluate(images, labels, batch_size=EVAL_BATCH_SIZE, verbose=0, return_dict=True)
+
+
+# -----------------------------------------------------------------------------
+# Outputs: written to a hidden staging folder, moved into place only on success
+# -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def writing_to(output_dir: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, no permission) into one line that names the folder."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"could not write the outputs to {output_dir}: {error}") from None
+
+
+class Staging:
+    """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.created_output_dir = False
+        self.path = output_dir
+
+    def __enter__(self) -> "Staging":
+        with writing_to(self.output_dir):
+            if not self.output_dir.exists():
+                self.output_dir.mkdir(parents=True)
+                self.created_output_dir = True
+            self.path = Path(tempfile.mkdtemp(prefix=".train-", dir=self.output_dir))
+        return self
+
+    def publish(self) -> list[str]:
+        """Move every staged file into the output folder; Ctrl-C waits until this is done."""
+        names = sorted(entry.name for entry in self.path.iterdir())
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for name in names:
+                os.replace(self.path / name, self.output_dir / name)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return names
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if error_type is not None and self.created_output_dir:
+            with contextlib.suppress(OSError):
+                self.output_dir.rmdir()
+
+
+def draw_architecture(model, path: Path) -> None:
+    """The diagram is a nice-to-have: without Graphviz, warn once and carry on."""
+    import keras
+
+    if shutil.which("dot") is None:
+        warn(f"Graphviz's 'dot' program was not found, so {path.name} was not drawn; "
+             f"install Graphviz ({GRAPHVIZ_INSTALL}) to get it")
+        return
+    try:
+        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True)
+    except ImportError as error:  # pydot missing, or a Graphviz that does not run
+        warn(f"{path.name} was not drawn: {error}")
+
+
+def metrics_report(args: argparse.Namespace, source: str, history: dict, test: dict,
+                   wall_seconds: float, fit_seconds: float) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "history": history,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "validation_split": args.validation_split,
+        "learning_rate": LEARNING_RATE,
+        "seed": args.seed,
+        "data_source": source,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "fit_seconds": round(fit_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# Main
+# -----------------------------------------------------------------------------
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, started: float) -> None:
+    mnist = load_mnist(args.data)
+    data = split_validation(mnist, args.validation_split)
+    start_tensorflow(args.seed)
+    model = build_model()
+    compile_model(model)
+
+    with Staging(args.output_dir) as staging:
+        fit_started = time.perf_counter()
+        history = train(model, data, args).history
+        fit_seconds = time.perf_counter() - fit_started
+        test = evaluate(model, data.x_test, data.y_test)
+        print(f"Training accuracy: {100 * history['accuracy'][-1]:.2f}%")
+        print(f"Validation accuracy: {100 * history['val_accuracy'][-1]:.2f}%")
+        print(f"Test accuracy: {100 * test['accuracy']:.2f}%")
+
+        with writing_to(args.output_dir):
+            draw_architecture(model, staging.path / DIAGRAM_FILE)
+            model.save(staging.path / MODEL_FILE)
+            wall_seconds = time.perf_counter() - started
+            write_json(staging.path / METRICS_FILE,
+                       metrics_report(args, mnist.source, history, test, wall_seconds, fit_seconds))
+            written = staging.publish()
+    print(f"Saved {', '.join(written)} in {args.output_dir.resolve()} "
+          f"(training {fit_seconds:.1f} s, whole run {wall_seconds:.1f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
+    try:
+        with tensorflow_chatter_filtered():
+            run(args, started)
+    except (DataError, OutputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: nothing was saved; {args.output_dir} is as it was.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ BAD_OPTIONS = {
     "split too large": (["--validation-split", "1.5"], "--validation-split: must be strictly between 0 and 1"),
     "split zero": (["--validation-split", "0"], "--validation-split: must be strictly between 0 and 1"),
     "seed not a number": (["--seed", "abc"], "--seed: expected a whole number"),
+    "unknown schedule": (["--lr-schedule", "step"], "--lr-schedule: invalid choice: 'step'"),
     "unknown option": (["--epochz", "3"], "unrecognized arguments"),
 }
 
@@ -65,4 +66,5 @@ def test_usage_errors_answer_before_tensorflow_is_imported():
 def test_defaults_follow_the_design():
     args = train.parse_args([])
     assert (args.epochs, args.batch_size, args.validation_split) == (10, 32, 0.2)
+    assert args.lr_schedule == "cosine"
     assert args.data is None and not args.quiet

@@ -48,7 +48,7 @@ def test_validation_split_holds_out_the_last_fifth():
     split = train.split_validation(mnist, 0.2)
     assert (len(split.x_train), len(split.x_val)) == (80, 20)
     np.testing.assert_array_equal(split.y_val, mnist.y_train[80:])
-    np.testing.assert_allclose(split.x_val, mnist.x_train[80:] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(split.x_val, mnist.x_train[80:])
 
 
 def test_validation_split_of_60000_is_48000_and_12000():

@@ -68,3 +68,12 @@ def test_defaults_follow_the_design():
     assert (args.epochs, args.batch_size, args.validation_split) == (10, 32, 0.2)
     assert args.lr_schedule == "cosine"
     assert args.data is None and not args.quiet
+
+
+def test_tensorboard_without_its_package_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--tensorboard"])
+    assert exit_.value.code == 2
+    assert "--tensorboard: the tensorboard package is not installed (pip install tensorboard)" in \
+        capsys.readouterr().err

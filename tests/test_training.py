@@ -15,7 +15,9 @@ import pytest
 import train
 from conftest import TRAIN, is_png, run_train, synthetic_mnist
 
-OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE}
+OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE, train.HISTORY_FILE,
+           train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE}
+FIGURES = (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE)
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz's dot is not installed, so no diagram is drawn")
 
@@ -76,6 +78,61 @@ def test_saved_model_reloads_and_reproduces_the_test_accuracy(smoke, synthetic_n
     accuracy = float((predicted == test["y_test"]).mean())
     metrics = json.loads((out / train.METRICS_FILE).read_text())
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_smoke_run_prints_a_per_digit_table_and_the_most_confused_pairs(smoke):
+    done, out = smoke
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
+    lines = done.stdout.splitlines()
+    table = lines.index("Digit  precision  recall  support")
+    for digit in range(10):
+        figures = metrics["per_class"][str(digit)]
+        assert lines[table + 1 + digit].split() == [
+            str(digit), f"{100 * figures['precision']:.1f}%", f"{100 * figures['recall']:.1f}%",
+            str(figures["support"])]
+
+
+def test_report_in_metrics_json_is_consistent(smoke, synthetic_npz):
+    _, out = smoke
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
+    y_test = np.load(synthetic_npz)["y_test"]
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == len(y_test)
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(y_test, minlength=10))
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["test_accuracy"])
+    for digit in range(10):
+        figures = metrics["per_class"][str(digit)]
+        assert figures["support"] == confusion[digit].sum()
+        assert figures["recall"] == pytest.approx(confusion[digit, digit] / confusion[digit].sum())
+
+
+def test_history_csv_has_one_row_per_epoch(smoke):
+    import csv
+    _, out = smoke
+    with open(out / train.HISTORY_FILE) as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1 and rows[0]["epoch"] == "0"
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+
+
+def test_figures_are_pngs_of_a_sensible_size(smoke):
+    from PIL import Image
+    _, out = smoke
+    for name in FIGURES:
+        with Image.open(out / name) as figure:
+            assert figure.format == "PNG" and 200 <= min(figure.size) and max(figure.size) <= 2000, name
+
+
+def test_tensorboard_logs_only_when_asked(synthetic_npz, tmp_path):
+    done = run_train("--data", synthetic_npz, "--epochs", "1", "--output-dir", tmp_path, "--tensorboard")
+    assert done.returncode == 0, done.stderr
+    events = list((tmp_path / train.TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
+    assert events and all(event.stat().st_size > 0 for event in events)
+
+
+def test_no_tensorboard_logs_by_default(smoke):
+    _, out = smoke
+    assert not (out / train.TENSORBOARD_DIR).exists()
 
 
 @needs_dot

@@ -65,6 +65,11 @@ CONFUSION_FIGURE = "confusion_matrix.png"
 MISTAKES_FIGURE = "misclassified.png"
 TENSORBOARD_DIR = "logs"
 
+WORK_SIZE = 512  # a picture is shrunk to at most this many pixels a side before it is read
+DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
+FIELD = 28  # ... and centred by centre of mass in 28x28
+MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -96,6 +101,10 @@ class DataError(Exception):
 
 class OutputError(Exception):
     """An output could not be written; the message names the folder and why."""
+
+
+class PictureError(Exception):
+    """One picture given to --predict cannot be read as a digit; the message says why."""
 
 
 class Mnist(NamedTuple):
@@ -171,10 +180,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write TensorBoard logs to OUTPUT_DIR/logs")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the results, no training progress")
+    recognizing = parser.add_argument_group("recognizing your own digits (no training)")
+    recognizing.add_argument("--predict", nargs="+", type=Path, metavar="IMAGE",
+                             help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, TIFF)")
+    recognizing.add_argument("--model", type=Path, metavar="PATH",
+                             help="the model to use with --predict (default: OUTPUT_DIR/model.h5)")
+    recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
+                             help="with --predict, also save each 28x28 input the model sees as a PNG here")
     args = parser.parse_args(argv)
     problem = output_dir_problem(args.output_dir)
     if problem:
         parser.error(f"argument --output-dir: {problem}")
+    if args.save_preprocessed is not None:
+        if args.predict is None:
+            parser.error("argument --save-preprocessed: only with --predict")
+        problem = output_dir_problem(args.save_preprocessed)
+        if problem:
+            parser.error(f"argument --save-preprocessed: {problem}")
+    if args.model is not None and args.predict is None:
+        parser.error("argument --model: only with --predict")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("argument --tensorboard: the tensorboard package is not installed "
                      "(pip install tensorboard)")
@@ -755,6 +779,174 @@ def write_json(path: Path, content: dict) -> None:
 
 
 # -----------------------------------------------------------------------------
+# Recognizing the user's own digits (--predict)
+# -----------------------------------------------------------------------------
+def load_picture(path: Path) -> np.ndarray:
+    """Grey levels in [0, 1], transparency laid over white, at most WORK_SIZE pixels a side."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.is_file():
+        raise PictureError("no such file")
+    if path.stat().st_size == 0:
+        raise PictureError("file is empty")
+    try:
+        with Image.open(path) as picture:
+            picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
+            picture = ImageOps.exif_transpose(picture)  # photos: upright as the camera meant
+            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+                rgba = picture.convert("RGBA")
+                picture = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            picture = picture.convert("L")
+            picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
+            return np.asarray(picture, dtype=np.float32) / 255
+    except UnidentifiedImageError:
+        raise PictureError("not an image in a format Pillow reads") from None
+    except Image.DecompressionBombError:
+        raise PictureError("image too large to read safely") from None
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "broken file"
+        raise PictureError(f"unreadable image ({error})") from None
+
+
+def mnist_like(grey: np.ndarray) -> np.ndarray:
+    """A 28x28 float32 input made from a picture of one digit the way MNIST's digits were made.
+
+    Light digit on black, the digit's bounding box scaled to fit 20x20 with its aspect ratio
+    kept, anti-aliased, and placed so that its centre of mass is the centre of the field.
+    """
+    ink = ink_map(grey)
+    strokes = ink > otsu_threshold(ink)
+    if not strokes.any() or ink[strokes].mean() - ink[~strokes].mean() < MIN_INK_CONTRAST:
+        raise PictureError("no digit found (the image looks blank)")
+    top, bottom, left, right = digit_box(strokes)
+    digit = fit_in_box(ink[top:bottom, left:right], DIGIT_BOX)
+    return centre_by_mass(digit, FIELD)
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray:
+    """How much ink each pixel holds, 0 (paper) to 1, whatever the polarity, lighting and pencil."""
+    from PIL import Image, ImageFilter
+
+    if max(grey.shape) < 100:  # a tiny picture: enlarge it so that strokes are several pixels wide
+        factor = -(-100 // max(grey.shape))
+        grey = np.kron(grey, np.ones((factor, factor), np.float32))
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) < 0.5:  # light ink on dark paper: turn it into dark ink on light paper
+        grey = 1 - grey
+    # The paper's brightness around each pixel: the brightest value in a window wider than a
+    # stroke, taken on a small copy. Dividing by it evens out shadows and uneven lighting.
+    height, width = grey.shape
+    scale = 48 / max(height, width)
+    small = Image.fromarray(np.uint8(grey * 255)).resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    paper = small.filter(ImageFilter.MaxFilter(9)).resize((width, height), Image.Resampling.BILINEAR)
+    paper = np.maximum(np.asarray(paper, np.float32) / 255, 1e-3)
+    return np.clip(1 - grey / paper, 0, 1)
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """The level that best splits `values` (in [0, 1]) into two groups: Otsu's method."""
+    counts, edges = np.histogram(values, bins=256, range=(0, 1))
+    levels = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * levels)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(levels[np.argmax(between)])
+
+
+def digit_box(strokes: np.ndarray) -> tuple[int, int, int, int]:
+    """The bounding box of the ink, ignoring isolated specks of noise."""
+    from PIL import Image, ImageFilter
+
+    mask = Image.fromarray(np.uint8(strokes * 255))
+    opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
+    rows, columns = np.nonzero(opened if opened.any() else strokes)
+    return rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
+
+
+def fit_in_box(digit: np.ndarray, box: int) -> np.ndarray:
+    """Scale so that the longer side is `box` pixels, keeping the aspect ratio, anti-aliased."""
+    from PIL import Image
+
+    height, width = digit.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # Pale strokes count fully, as MNIST's pen strokes did; then shrink with a smooth filter.
+    strength = np.percentile(digit[digit > 0], 90) if (digit > 0).any() else 1.0
+    full = np.clip(digit / max(strength, 1e-3), 0, 1)
+    small = Image.fromarray(full.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(small, np.float32), 0, 1)
+
+
+def centre_by_mass(digit: np.ndarray, field: int) -> np.ndarray:
+    """Place `digit` in a field x field square so that its centre of mass is the centre."""
+    height, width = digit.shape
+    rows, columns = np.indices(digit.shape)
+    mass = digit.sum()
+    centre_row, centre_column = (rows * digit).sum() / mass, (columns * digit).sum() / mass
+    top = int(np.clip(round(field / 2 - centre_row), 0, field - height))
+    left = int(np.clip(round(field / 2 - centre_column), 0, field - width))
+    placed = np.zeros((field, field), np.float32)
+    placed[top:top + height, left:left + width] = digit
+    return placed
+
+
+def load_trained_model(path: Path):
+    import keras
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file; train one first with: python train.py")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # h5py, Keras and zip all raise their own kinds
+        raise DataError(f"{path}: not a readable Keras model ({error})") from None
+    if model.input_shape != (None, *IMAGE_SHAPE) or model.output_shape != (None, NUM_CLASSES):
+        raise DataError(f"{path}: this model takes {model.input_shape} and gives {model.output_shape}; "
+                        "expected 28x28 images in and 10 digit probabilities out")
+    return model
+
+
+def save_preprocessed(inputs: dict[Path, np.ndarray], folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for path, image in inputs.items():
+        name, copy = f"{path.stem}.png", 1
+        while name in used:
+            copy += 1
+            name = f"{path.stem}-{copy}.png"
+        used.add(name)
+        Image.fromarray(np.uint8(np.round(image * 255))).save(folder / name)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Classify each picture; one line per picture, errors on stderr; 1 if any picture failed."""
+    model_path = args.model or args.output_dir / MODEL_FILE
+    if not model_path.is_file():  # say so before spending seconds on starting TensorFlow
+        raise DataError(f"{model_path}: no such model file; train one first with: python train.py")
+    inputs, failed = {}, False
+    for path in args.predict:
+        try:
+            inputs[path] = mnist_like(load_picture(path))
+        except PictureError as error:
+            print(f"{path}: error: {error}", file=sys.stderr)
+            failed = True
+    start_tensorflow(SEED)
+    model = load_trained_model(model_path)
+    if inputs:
+        probabilities = model(np.stack(list(inputs.values()))).numpy()
+        for path, row in zip(inputs, probabilities):
+            print(f"{path}: {row.argmax()} ({100 * row.max():.1f}%)")
+        if args.save_preprocessed is not None:
+            with writing_to(args.save_preprocessed):
+                save_preprocessed(inputs, args.save_preprocessed)
+    return EXIT_ERROR if failed else 0
+
+
+# -----------------------------------------------------------------------------
 # Main
 # -----------------------------------------------------------------------------
 def warn(message: str) -> None:
@@ -796,12 +988,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
     try:
         with tensorflow_chatter_filtered():
+            if args.predict:
+                return predict(args)
             run(args, started)
     except (DataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"\nInterrupted: nothing was saved; {args.output_dir} is as it was.", file=sys.stderr)
+        done = "." if args.predict else f": nothing was saved; {args.output_dir} is as it was."
+        print(f"\nInterrupted{done}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

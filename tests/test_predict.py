@@ -1,0 +1,202 @@
+"""--predict: pictures of the user's own digits, made into MNIST-like inputs and classified."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import train
+from conftest import ROOT, run_train
+
+
+def drawn_digit(size: int = 280, width: int = 24) -> np.ndarray:
+    """A hand-drawn-looking 7: dark ink on white paper, as grey levels 0-255."""
+    picture = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(picture)
+    s = size / 280
+    draw.line([(70 * s, 60 * s), (200 * s, 60 * s), (120 * s, 230 * s)], fill=0, width=round(width * s),
+              joint="curve")
+    return np.asarray(picture)
+
+
+def mnist_digits() -> list[np.ndarray]:
+    """A few real MNIST test digits when MNIST_NPZ is set, else a drawn digit in MNIST's form."""
+    path = os.environ.get("MNIST_NPZ")
+    if path and Path(path).is_file():
+        with np.load(path) as data:
+            return [data["x_test"][i] for i in (0, 1, 2, 3, 4, 7, 11, 18, 61, 84)]
+    return [np.uint8(np.round(255 * train.mnist_like(drawn_digit() / 255)))]
+
+
+def render(digit: np.ndarray, variant: str) -> bytes:
+    """The digit as a user might photograph or scan it; encoded in the variant's file format."""
+    ink = Image.fromarray(digit).resize((280, 280), Image.Resampling.LANCZOS)
+    paper = Image.new("L", (600, 450), 0)
+    paper.paste(ink, (40, 120))  # large and off-centre
+    light_on_dark = paper
+    dark_on_light = Image.fromarray(255 - np.asarray(paper))
+    picture, fmt = {
+        "png light on dark": (light_on_dark, "PNG"),
+        "png dark on light": (dark_on_light, "PNG"),
+        "jpeg dark on light": (dark_on_light, "JPEG"),
+        "rgb blue ink on cream": (Image.merge("RGB", [
+            Image.fromarray(np.uint8(250 - 0.8 * np.asarray(paper))),
+            Image.fromarray(np.uint8(240 - 0.7 * np.asarray(paper))),
+            Image.fromarray(np.uint8(220 - 0.2 * np.asarray(paper)))]), "JPEG"),
+        "rgba ink on transparent": (Image.merge("RGBA", [Image.new("L", paper.size, 0)] * 3 + [paper]), "PNG"),
+    }[variant]
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, quality=90) if fmt == "JPEG" else picture.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+VARIANTS = ["png light on dark", "png dark on light", "jpeg dark on light", "rgb blue ink on cream",
+            "rgba ink on transparent"]
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Pixel correlation at the best alignment within one pixel: MNIST itself centred to whole pixels."""
+    return max(float(np.corrcoef(np.roll(a, (dy, dx), axis=(0, 1)).ravel(), b.ravel())[0, 1])
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_rerendered_digit_comes_back_close_to_the_original(variant, tmp_path):
+    for index, digit in enumerate(mnist_digits()):
+        path = tmp_path / f"digit{index}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
+        path.write_bytes(render(digit, variant))
+        made = train.mnist_like(train.load_picture(path))
+        assert made.shape == (28, 28) and made.dtype == np.float32
+        assert similarity(made, digit / 255) > 0.9, (variant, index)
+
+
+def test_the_digit_fits_20x20_and_its_centre_of_mass_is_the_centre():
+    made = train.mnist_like(drawn_digit() / 255)
+    rows, columns = np.nonzero(made > 0.01)
+    assert max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1) <= 21
+    r, c = np.indices(made.shape)
+    assert (r * made).sum() / made.sum() == pytest.approx(14, abs=0.6)
+    assert (c * made).sum() / made.sum() == pytest.approx(14, abs=0.6)
+    assert made.max() == pytest.approx(1, abs=0.05) and made.min() >= 0
+
+
+def test_uneven_lighting_and_pale_pencil_are_evened_out():
+    clean = train.mnist_like(drawn_digit() / 255)
+    ramp = np.linspace(0.55, 1.0, 280, dtype=np.float32)[None, :]  # a shadow across the page
+    pale = 1 - 0.35 * (1 - drawn_digit() / 255)  # pale pencil: ink only 35% darker than paper
+    noisy = np.clip(pale * ramp + np.random.default_rng(0).normal(0, 0.02, (280, 280)), 0, 1)
+    assert similarity(train.mnist_like(noisy.astype(np.float32)), clean) > 0.9
+
+
+def test_a_very_large_picture_is_read(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.fromarray(drawn_digit(size=5000)).save(path)
+    grey = train.load_picture(path)
+    assert max(grey.shape) == train.WORK_SIZE
+    assert similarity(train.mnist_like(grey), train.mnist_like(drawn_digit() / 255)) > 0.9
+
+
+def test_a_blank_picture_has_no_digit():
+    with pytest.raises(train.PictureError, match="no digit found"):
+        train.mnist_like(np.full((200, 300), 0.97, np.float32))
+    with pytest.raises(train.PictureError, match="no digit found"):
+        noise = np.random.default_rng(1).normal(0.9, 0.02, (200, 300)).astype(np.float32)
+        train.mnist_like(np.clip(noise, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, synthetic_npz) -> Path:
+    """A trained model: on real MNIST when MNIST_NPZ is set, else on synthetic data (file handling only)."""
+    out = tmp_path_factory.mktemp("model")
+    data = os.environ.get("MNIST_NPZ") if Path(os.environ.get("MNIST_NPZ", "-")).is_file() else synthetic_npz
+    done = run_train("--data", data, "--epochs", "1", "--output-dir", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return out / train.MODEL_FILE
+
+
+def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, tmp_path):
+    good = tmp_path / "seven.png"
+    good.write_bytes(render(mnist_digits()[0], "png dark on light"))
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:300])
+    Image.new("L", (100, 100), 250).save(tmp_path / "blank.png")
+    names = ["seven.png", "missing.png", "empty.png", "notes.png", "cut.png", "blank.png"]
+    done = run_train("--predict", *(tmp_path / name for name in names), "--model", model_file)
+    assert done.returncode == 1
+    answer = done.stdout.strip()
+    assert answer.startswith(f"{good}: ") and answer.endswith("%)") and len(answer.splitlines()) == 1
+    errors = dict(line.split(": error: ") for line in done.stderr.strip().splitlines())
+    assert errors == {
+        str(tmp_path / "missing.png"): "no such file",
+        str(tmp_path / "empty.png"): "file is empty",
+        str(tmp_path / "notes.png"): "not an image in a format Pillow reads",
+        str(tmp_path / "cut.png"): errors.get(str(tmp_path / "cut.png"), "missing"),
+        str(tmp_path / "blank.png"): "no digit found (the image looks blank)",
+    }
+    assert errors[str(tmp_path / "cut.png")].startswith("unreadable image")
+
+
+def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, tmp_path):
+    paths = []
+    for variant in ("png dark on light", "rgba ink on transparent"):
+        path = tmp_path / f"{variant.split()[0]}.png"
+        path.write_bytes(render(mnist_digits()[0], variant))
+        paths.append(path)
+    seen = tmp_path / "seen"
+    done = run_train("--predict", *paths, "--model", model_file, "--save-preprocessed", seen)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(p) for p in paths]
+    for path in paths:
+        with Image.open(seen / f"{path.stem}.png") as image:
+            assert image.size == (28, 28) and image.mode == "L"
+
+
+def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
+    picture = tmp_path / "digit.png"
+    Image.fromarray(drawn_digit()).save(picture)
+    probe = ("import sys, train\n"
+             f"code = train.main(['--predict', {str(picture)!r}, '--model', {str(tmp_path / 'none.h5')!r}])\n"
+             "print(code, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.split() == ["1", "False"]
+    assert done.stderr.strip() == f"error: {tmp_path / 'none.h5'}: no such model file; " \
+                                  "train one first with: python train.py"
+
+
+def test_a_file_that_is_not_a_model_is_one_line(tmp_path):
+    fake = tmp_path / "model.h5"
+    fake.write_text("not a model")
+    picture = tmp_path / "digit.png"
+    Image.fromarray(drawn_digit()).save(picture)
+    done = run_train("--predict", picture, "--model", fake)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: {fake}: not a readable Keras model")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path):
+    import keras
+    model = keras.models.load_model(model_file, compile=False)
+    with np.load(real_mnist) as data:
+        digits, labels = data["x_test"][:40], data["y_test"][:40]
+    originals = model(digits / 255.0).numpy()
+    sure = [i for i in range(len(digits)) if originals[i].max() > 0.9]
+    paths = []
+    for i in sure:
+        for variant in VARIANTS:
+            path = tmp_path / f"{i}-{variant.replace(' ', '_')}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
+            path.write_bytes(render(digits[i], variant))
+            paths.append((path, originals[i].argmax()))
+    done = run_train("--predict", *(p for p, _ in paths), "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    predicted = [int(line.rsplit(": ", 1)[1].split()[0]) for line in done.stdout.splitlines()]
+    same = sum(p == expected for p, (_, expected) in zip(predicted, paths))
+    assert same / len(paths) >= 0.95, f"{same} of {len(paths)} the same"

@@ -817,6 +817,7 @@ def mnist_like(grey: np.ndarray) -> np.ndarray:
     strokes = ink > otsu_threshold(ink)
     if not strokes.any() or ink[strokes].mean() - ink[~strokes].mean() < MIN_INK_CONTRAST:
         raise PictureError("no digit found (the image looks blank)")
+    ink = np.clip(ink - np.percentile(ink[~strokes], 95), 0, 1)  # bare paper reads as exactly 0
     top, bottom, left, right = digit_box(strokes)
     digit = fit_in_box(ink[top:bottom, left:right], DIGIT_BOX)
     return centre_by_mass(digit, FIELD)

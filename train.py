@@ -71,7 +71,7 @@ FIELD = 28  # ... and centred by centre of mass in 28x28
 MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+# (usage errors exit with 2, argparse's own code)
 EXIT_INTERRUPTED = 130
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
@@ -156,26 +156,27 @@ def any_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train a digit classifier on MNIST and save it as model.h5.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        description="Train a digit classifier on MNIST and save it as model.h5, "
+                    "or classify your own pictures of digits with --predict.")
     parser.add_argument("--data", type=Path, metavar="PATH",
                         help="local MNIST: a Keras-format mnist.npz, or a folder with the four "
-                             "original IDX files (optionally .gz); default: download with Keras")
-    parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
-                        help="passes over the training images")
-    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
-                        help="images per training step")
-    parser.add_argument("--validation-split", type=open_fraction, default=VALIDATION_SPLIT,
-                        help="fraction of the training images held out for validation (the last ones)")
+                             "original IDX files (optionally .gz) (default: download with Keras)")
+    parser.add_argument("--epochs", type=positive_int, default=EPOCHS, metavar="N",
+                        help="passes over the training images (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, metavar="N",
+                        help="images per training step (default: %(default)s)")
+    parser.add_argument("--validation-split", type=open_fraction, default=VALIDATION_SPLIT, metavar="F",
+                        help="fraction of the training images held out for validation, "
+                             "the last ones (default: %(default)s)")
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=LR_SCHEDULE,
                         help="Adam's learning rate: cosine decay from 0.002 to 0 over the run, "
-                             "or a constant 0.001 (the plain recipe)")
-    parser.add_argument("--seed", type=any_int, default=SEED,
-                        help="random seed: the same seed gives the same model on the same machine")
+                             "or a constant 0.001 as in the plain recipe (default: %(default)s)")
+    parser.add_argument("--seed", type=any_int, default=SEED, metavar="N",
+                        help="random seed: the same seed gives the same model on the same machine "
+                             "(default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=Path(OUTPUT_DIR), metavar="DIR",
-                        help="folder for model.h5, model_architecture.png and metrics.json "
-                             "(created if missing)")
+                        help="folder for the model, its diagram, figures and metrics; created if "
+                             "missing (default: the current folder)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs to OUTPUT_DIR/logs")
     parser.add_argument("--quiet", action="store_true",
@@ -184,9 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recognizing.add_argument("--predict", nargs="+", type=Path, metavar="IMAGE",
                              help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, TIFF)")
     recognizing.add_argument("--model", type=Path, metavar="PATH",
-                             help="the model to use with --predict (default: OUTPUT_DIR/model.h5)")
+                             help="the model to use (default: OUTPUT_DIR/model.h5)")
     recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
-                             help="with --predict, also save each 28x28 input the model sees as a PNG here")
+                             help="also save each 28x28 input the model sees, as a PNG, in DIR")
     args = parser.parse_args(argv)
     problem = output_dir_problem(args.output_dir)
     if problem:
@@ -664,118 +665,28 @@ def worst_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) ->
 
 def plot_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                   path: Path, count: int = 25) -> None:
+    """The mistakes as one mosaic image with a title over each tile: one axes draws fast."""
     from matplotlib import pyplot as plt
 
     predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
     shown = worst_mistakes(labels, probabilities, count)
-    columns = 5
+    columns, tile, gap = 5, IMAGE_SHAPE[0], 12  # the gap leaves room for each tile's title
     rows = max(1, -(-len(shown) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False,
-                                gridspec_kw={"hspace": 0.35, "top": 1 - 0.5 / rows, "bottom": 0.02})
-    for panel in axes.flat:
-        panel.axis("off")
-    for panel, index in zip(axes.flat, shown):
-        panel.imshow(images[index], cmap="gray_r")
-        panel.set_title(f"true {labels[index]} -> {predicted[index]} ({100 * confidence[index]:.0f}%)",
-                        fontsize=9)
+    mosaic = np.zeros((rows * (tile + gap), columns * (tile + gap)), np.uint8)
+    figure, axes = plt.subplots(figsize=(2 * columns, 2.2 * rows + 0.5))
+    for place, index in enumerate(shown):
+        top, left = (place // columns) * (tile + gap) + gap, (place % columns) * (tile + gap) + gap // 2
+        mosaic[top:top + tile, left:left + tile] = images[index]
+        axes.text(left + tile / 2, top - 2, f"true {labels[index]} -> {predicted[index]} "
+                  f"({100 * confidence[index]:.0f}%)", ha="center", va="bottom", fontsize=9)
+    axes.imshow(mosaic, cmap="gray_r")
+    axes.axis("off")
     if not len(shown):
-        axes[0, 0].text(0, 0.5, "no mistakes on the test set", fontsize=12)
-    figure.suptitle("Most confident mistakes on the test set")
-    figure.savefig(path, dpi=100)
+        axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no mistakes on the test set",
+                  ha="center", fontsize=12)
+    axes.set_title("Most confident mistakes on the test set")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
-
-
-# -----------------------------------------------------------------------------
-# Outputs: written to a hidden staging folder, moved into place only on success
-# -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def writing_to(output_dir: Path) -> Iterator[None]:
-    """Turn a failed write (disk full, no permission) into one line that names the folder."""
-    try:
-        yield
-    except OSError as error:
-        raise OutputError(f"could not write the outputs to {output_dir}: {error}") from None
-
-
-class Staging:
-    """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.output_dir = output_dir
-        self.created_output_dir = False
-        self.path = output_dir
-
-    def __enter__(self) -> "Staging":
-        with writing_to(self.output_dir):
-            if not self.output_dir.exists():
-                self.output_dir.mkdir(parents=True)
-                self.created_output_dir = True
-            self.path = Path(tempfile.mkdtemp(prefix=".train-", dir=self.output_dir))
-        return self
-
-    def publish(self) -> list[str]:
-        """Move every staged file into the output folder; Ctrl-C waits until this is done."""
-        names = sorted(entry.name for entry in self.path.iterdir())
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for name in names:
-                target = self.output_dir / name
-                if target.is_dir():  # a folder cannot be replaced in one step: set the old one aside
-                    os.replace(target, self.path / f".previous-{name}")
-                os.replace(self.path / name, target)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        return names
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        if error_type is not None and self.created_output_dir:
-            with contextlib.suppress(OSError):
-                self.output_dir.rmdir()
-
-
-def draw_architecture(model, path: Path) -> None:
-    """The diagram is a nice-to-have: without Graphviz, warn once and carry on."""
-    import keras
-
-    if shutil.which("dot") is None:
-        warn(f"Graphviz's 'dot' program was not found, so {path.name} was not drawn; "
-             f"install Graphviz ({GRAPHVIZ_INSTALL}) to get it")
-        return
-    try:
-        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True)
-    except ImportError as error:  # pydot missing, or a Graphviz that does not run
-        warn(f"{path.name} was not drawn: {error}")
-
-
-def metrics_report(args: argparse.Namespace, source: str, history: dict, report: dict,
-                   wall_seconds: float, fit_seconds: float) -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {
-        "test_accuracy": report["accuracy"],
-        "test_loss": report["loss"],
-        "confusion_matrix": report["confusion_matrix"],
-        "per_class": report["per_class"],
-        "history": history,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "validation_split": args.validation_split,
-        "learning_rate": ({"schedule": "cosine", "from": PEAK_LEARNING_RATE, "to": 0.0}
-                          if args.lr_schedule == "cosine" else
-                          {"schedule": "constant", "from": LEARNING_RATE, "to": LEARNING_RATE}),
-        "seed": args.seed,
-        "data_source": source,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "fit_seconds": round(fit_seconds, 3),
-        "wall_seconds": round(wall_seconds, 3),
-    }
-
-
-def write_json(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=2) + "\n")
 
 
 # -----------------------------------------------------------------------------
@@ -785,6 +696,8 @@ def load_picture(path: Path) -> np.ndarray:
     """Grey levels in [0, 1], transparency laid over white, at most WORK_SIZE pixels a side."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if path.is_dir():
+        raise PictureError("a folder, not a picture")
     if not path.is_file():
         raise PictureError("no such file")
     if path.stat().st_size == 0:
@@ -897,8 +810,6 @@ def centre_by_mass(digit: np.ndarray, field: int) -> np.ndarray:
 def load_trained_model(path: Path):
     import keras
 
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file; train one first with: python train.py")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # h5py, Keras and zip all raise their own kinds

@@ -127,7 +127,8 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
     (tmp_path / "notes.png").write_text("not a picture")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:300])
     Image.new("L", (100, 100), 250).save(tmp_path / "blank.png")
-    names = ["seven.png", "missing.png", "empty.png", "notes.png", "cut.png", "blank.png"]
+    (tmp_path / "album").mkdir()
+    names = ["seven.png", "missing.png", "empty.png", "notes.png", "cut.png", "blank.png", "album"]
     done = run_train("--predict", *(tmp_path / name for name in names), "--model", model_file)
     assert done.returncode == 1
     answer = done.stdout.strip()
@@ -139,6 +140,7 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
         str(tmp_path / "notes.png"): "not an image in a format Pillow reads",
         str(tmp_path / "cut.png"): errors.get(str(tmp_path / "cut.png"), "missing"),
         str(tmp_path / "blank.png"): "no digit found (the image looks blank)",
+        str(tmp_path / "album"): "a folder, not a picture",
     }
     assert errors[str(tmp_path / "cut.png")].startswith("unreadable image")
 

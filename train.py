@@ -690,6 +690,99 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndar
 
 
 # -----------------------------------------------------------------------------
+# Outputs: written to a hidden staging folder, moved into place only on success
+# -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def writing_to(output_dir: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, no permission) into one line that names the folder."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"could not write the outputs to {output_dir}: {error}") from None
+
+
+class Staging:
+    """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.created_output_dir = False
+        self.path = output_dir
+
+    def __enter__(self) -> "Staging":
+        with writing_to(self.output_dir):
+            if not self.output_dir.exists():
+                self.output_dir.mkdir(parents=True)
+                self.created_output_dir = True
+            self.path = Path(tempfile.mkdtemp(prefix=".train-", dir=self.output_dir))
+        return self
+
+    def publish(self) -> list[str]:
+        """Move every staged file into the output folder; Ctrl-C waits until this is done."""
+        names = sorted(entry.name for entry in self.path.iterdir())
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for name in names:
+                target = self.output_dir / name
+                if target.is_dir():  # a folder cannot be replaced in one step: set the old one aside
+                    os.replace(target, self.path / f".previous-{name}")
+                os.replace(self.path / name, target)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return names
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if error_type is not None and self.created_output_dir:
+            with contextlib.suppress(OSError):
+                self.output_dir.rmdir()
+
+
+def draw_architecture(model, path: Path) -> None:
+    """The diagram is a nice-to-have: without Graphviz, warn once and carry on."""
+    import keras
+
+    if shutil.which("dot") is None:
+        warn(f"Graphviz's 'dot' program was not found, so {path.name} was not drawn; "
+             f"install Graphviz ({GRAPHVIZ_INSTALL}) to get it")
+        return
+    try:
+        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True)
+    except ImportError as error:  # pydot missing, or a Graphviz that does not run
+        warn(f"{path.name} was not drawn: {error}")
+
+
+def metrics_report(args: argparse.Namespace, source: str, history: dict, report: dict,
+                   wall_seconds: float, fit_seconds: float) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "test_accuracy": report["accuracy"],
+        "test_loss": report["loss"],
+        "confusion_matrix": report["confusion_matrix"],
+        "per_class": report["per_class"],
+        "history": history,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "validation_split": args.validation_split,
+        "learning_rate": ({"schedule": "cosine", "from": PEAK_LEARNING_RATE, "to": 0.0}
+                          if args.lr_schedule == "cosine" else
+                          {"schedule": "constant", "from": LEARNING_RATE, "to": LEARNING_RATE}),
+        "seed": args.seed,
+        "data_source": source,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "fit_seconds": round(fit_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+# -----------------------------------------------------------------------------
 # Recognizing the user's own digits (--predict)
 # -----------------------------------------------------------------------------
 def load_picture(path: Path) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_figures_are_drawn_even_with_no_mistakes(tmp_path):
     train.draw_figures(tmp_path, history, train.test_report(probabilities, labels), images, labels, probabilities)
     for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
         with Image.open(tmp_path / name) as figure:
-            assert figure.format == "PNG" and min(figure.size) >= 200
+            assert figure.format == "PNG" and min(figure.size) >= 150
 
 
 def test_a_figure_that_fails_is_a_warning(tmp_path, monkeypatch, capsys):

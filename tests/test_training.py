@@ -120,7 +120,7 @@ def test_figures_are_pngs_of_a_sensible_size(smoke):
     _, out = smoke
     for name in FIGURES:
         with Image.open(out / name) as figure:
-            assert figure.format == "PNG" and 200 <= min(figure.size) and max(figure.size) <= 2000, name
+            assert figure.format == "PNG" and 150 <= min(figure.size) and max(figure.size) <= 2000, name
 
 
 def test_tensorboard_logs_only_when_asked(synthetic_npz, tmp_path):

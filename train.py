@@ -381,10 +381,9 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
 
 
 def start_tensorflow(seed: int) -> None:
-    """Import TensorFlow quietly and make every random choice follow `seed`."""
+    """Import TensorFlow (through Keras) and make every random choice follow `seed`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     # The user asked for .h5 on purpose: Keras's "legacy format" notice is noise here.

@@ -113,7 +113,7 @@ def main() -> int:
     if args.rounds < 2:
         parser.error("--rounds: at least 2")
 
-    print(f"round  recipe    seed   wall s   fit s  peak MiB  test acc", flush=True)
+    print("round  recipe    seed   wall s   fit s  peak MiB  test acc", flush=True)
     plain, ours, ratios = [], [], []
     for round_ in range(1, args.rounds + 1):
         seed = round_

@@ -188,7 +188,7 @@ def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path)
     import keras
     model = keras.models.load_model(model_file, compile=False)
     with np.load(real_mnist) as data:
-        digits, labels = data["x_test"][:40], data["y_test"][:40]
+        digits = data["x_test"][:40]
     originals = model(digits / 255.0).numpy()
     sure = [i for i in range(len(digits)) if originals[i].max() > 0.9]
     paths = []

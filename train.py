@@ -820,7 +820,9 @@ def mnist_like(grey: np.ndarray) -> np.ndarray:
     """
     ink = ink_map(grey)
     strokes = ink > otsu_threshold(ink)
-    if not strokes.any() or ink[strokes].mean() - ink[~strokes].mean() < MIN_INK_CONTRAST:
+    no_contrast = strokes.all() or not strokes.any() or \
+        ink[strokes].mean() - ink[~strokes].mean() < MIN_INK_CONTRAST
+    if no_contrast:
         raise PictureError("no digit found (the image looks blank)")
     ink = np.clip(ink - np.percentile(ink[~strokes], 95), 0, 1)  # bare paper reads as exactly 0
     top, bottom, left, right = digit_box(strokes)

@@ -215,16 +215,21 @@ def test_bad_data_fails_with_one_line_and_keeps_the_previous_model(tmp_path):
     assert snapshot(out) == before
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(tmp_path):
+def long_run_under_way(tmp_path: Path, out: Path) -> subprocess.Popen:
+    """train.py started on a long run, returned once its first epoch is done."""
     data = tmp_path / "bigger.npz"
     np.savez(data, **synthetic_mnist(n_train=20_000, n_test=100))
-    out = tmp_path / "out"
-    before = previous_good_run(out)
     process = subprocess.Popen(
         [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    first_line = process.stdout.readline()  # the first epoch is done: training is under way
-    assert re.match(r"Epoch +1/500: ", first_line)
+    assert re.match(r"Epoch +1/500: ", process.stdout.readline())
+    return process
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(tmp_path):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    process = long_run_under_way(tmp_path, out)
     assert len(list(out.iterdir())) == len(OUTPUTS) + 1  # the staging folder, hidden
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -234,13 +239,8 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(tmp_path):
 
 
 def test_a_new_output_folder_is_removed_again_when_the_run_is_interrupted(tmp_path):
-    data = tmp_path / "bigger.npz"
-    np.savez(data, **synthetic_mnist(n_train=20_000, n_test=100))
     out = tmp_path / "new" / "folder"
-    process = subprocess.Popen(
-        [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    assert re.match(r"Epoch +1/500: ", process.stdout.readline())
+    process = long_run_under_way(tmp_path, out)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
     assert process.returncode == 130

@@ -33,7 +33,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -54,12 +54,12 @@ NUM_CLASSES = 10
 LR_SCHEDULE = "cosine"
 
 EVAL_BATCH_SIZE = 1024  # testing only: the batch size does not change the result
-STEPS_PER_CALL = 150  # mini-batch steps per compiled training call (see make_trainer)
 
 MODEL_FILE = "model.h5"
 DIAGRAM_FILE = "model_architecture.png"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # figures recorded per epoch
 HISTORY_FIGURE = "training_history.png"
 CONFUSION_FIGURE = "confusion_matrix.png"
 MISTAKES_FIGURE = "misclassified.png"
@@ -421,78 +421,78 @@ def make_optimizer(schedule: str, total_steps: int):
     return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(PEAK_LEARNING_RATE, total_steps))
 
 
-def compile_model(model, optimizer, jit_compile: bool | str = "auto") -> None:
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=jit_compile)
+def compile_model(model, optimizer) -> None:
+    """Attach the optimizer, loss and metric: what model.h5 records and evaluate() would use."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
 # -----------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------
-def make_trainer(model):
-    """Wrap `model` so that each compiled call runs a block of mini-batch steps, not one.
+def make_epoch_trainer(model, images: np.ndarray, labels: np.ndarray):
+    """A compiled function that trains `model` for one epoch: one Adam step per mini-batch.
 
     Keras's fit() makes one compiled call per mini-batch, and for a model this small the
-    call costs more than its arithmetic. The trainer is handed STEPS_PER_CALL mini-batches
-    at a time and runs them in a loop that XLA compiles into one program: about three times
-    faster here. The updates are those of ordinary mini-batch training, one Adam step a batch.
+    call costs more than its arithmetic. Here the whole epoch is one call: a loop that XLA
+    compiles into one program, handed only the epoch's order of the training images. The
+    images stay uint8 and each mini-batch is normalized as it is taken, exactly as
+    normalize() does, so no float copy of the training set is ever held.
     """
     import keras
     import tensorflow as tf
 
-    class Trainer(keras.Model):
-        def __init__(self) -> None:
-            super().__init__(name="trainer")
-            self.net = model
+    images, labels = tf.constant(images), tf.constant(labels)
+    model.optimizer.build(model.trainable_variables)  # its state must exist before compiling
 
-        def call(self, images, training=False):
-            return self.net(images, training=training)
+    @tf.function(jit_compile=True)
+    def train_epoch(order):
+        """Train on the mini-batches `order` lists (steps x batch size); mean loss and accuracy."""
+        def one_step(step, loss_sum, correct):
+            batch = order[step]
+            x = tf.cast(tf.gather(images, batch), tf.float32) / 255
+            y = tf.gather(labels, batch)
+            with tf.GradientTape() as tape:
+                probabilities = model(x, training=True)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply(gradients, model.trainable_variables)
+            return step + 1, loss_sum + loss, correct + count_correct(probabilities, y)
 
-        def train_step(self, data):
-            self.run_block(*data)
-            return self.get_metrics_result()
+        steps = tf.shape(order)[0]
+        _, loss_sum, correct = tf.while_loop(lambda step, *_: step < steps, one_step, [0, 0.0, 0])
+        return loss_sum / tf.cast(steps, tf.float32), correct / tf.size(order)
 
-        @tf.function(jit_compile=True)
-        def run_block(self, images, labels):
-            """Train on each mini-batch of the block in turn: images are (steps, batch, 28, 28)."""
-            def one_step(step):
-                keras.Model.train_step(self, (images[step], labels[step]))
-                return step + 1
-
-            tf.while_loop(lambda step: step < tf.shape(images)[0], one_step, [0])
-
-    return Trainer()
+    return train_epoch
 
 
-def shuffled_blocks(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
-    """The training set in a new random order each epoch, as blocks of mini-batches.
+def make_scorer(model):
+    """A compiled function that gives `model`'s mean loss and accuracy on a whole set at once."""
+    import keras
+    import tensorflow as tf
 
-    The images stay uint8 and are normalized block by block, exactly as normalize() does,
-    so no float copy of the whole training set is ever held. The last, partial mini-batch
-    of each epoch is left out (a different one each epoch).
+    @tf.function(jit_compile=True)
+    def score(images, labels):
+        probabilities = model(images)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
+        return loss, count_correct(probabilities, labels) / tf.size(labels)
+
+    return score
+
+
+def count_correct(probabilities, labels):
+    import tensorflow as tf
+
+    guesses = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return tf.math.count_nonzero(guesses == tf.cast(labels, tf.int32), dtype=tf.int32)
+
+
+def epoch_order(rng: np.random.Generator, count: int, batch_size: int) -> np.ndarray:
+    """A new random order of the training images, as rows of mini-batches (steps x batch size).
+
+    The last, partial mini-batch is left out: a different one each epoch.
     """
-    import tensorflow as tf
-
-    images, labels = tf.constant(images), tf.constant(labels)  # NumPy arrays would be copied per block
-
-    def block(order):
-        return tf.cast(tf.gather(images, order), tf.float32) / 255, tf.gather(labels, order)
-
-    return (
-        tf.data.Dataset.range(len(images))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .batch(STEPS_PER_CALL)
-        .map(block)
-        .prefetch(1)
-    )
-
-
-def one_batch(images: np.ndarray, labels: np.ndarray):
-    """The validation set as a single batch: turned into tensors once, and compiled for one shape."""
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_tensors((images, labels))
+    steps = count // batch_size
+    return rng.permutation(count)[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
@@ -502,45 +502,56 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
             f"validation accuracy {100 * logs['val_accuracy']:.2f}% ({seconds:.1f} s)")
 
 
-def progress_callbacks(epochs: int, quiet: bool) -> tuple[int, list]:
-    """Keras's progress bar on a terminal; one plain line per epoch in logs and pipes."""
+def progress_reporter(epochs: int, quiet: bool) -> Callable[[int, dict, float], None]:
+    """A progress bar over the epochs on a terminal; one plain line per epoch in logs and pipes."""
     import keras
 
     if quiet:
-        return 0, []
+        return lambda epoch, logs, seconds: None
     if sys.stdout.isatty():
-        return 1, []
-    started = {}
-    line_per_epoch = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: started.update(at=time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: print(
-            epoch_line(epoch, epochs, logs, time.perf_counter() - started["at"]), flush=True),
-    )
-    return 0, [line_per_epoch]
+        bar = keras.utils.Progbar(epochs, unit_name="epoch", stateful_metrics=HISTORY_KEYS)
+        return lambda epoch, logs, seconds: bar.update(epoch + 1, list(logs.items()))
+    return lambda epoch, logs, seconds: print(epoch_line(epoch, epochs, logs, seconds), flush=True)
+
+
+def history_callbacks(args: argparse.Namespace, logs: Path):
+    """Keras's writers of the per-epoch figures: history.csv, and TensorBoard's logs if asked for."""
+    import keras
+
+    callbacks = [keras.callbacks.CSVLogger(str(logs / HISTORY_FILE))]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs / TENSORBOARD_DIR)))
+    return callbacks
 
 
 def train(model, data: Split, args: argparse.Namespace, logs: Path) -> dict[str, list[float]]:
     """Train `model` in place; the per-epoch history of loss and accuracy, also written to `logs`."""
     import keras
+    import tensorflow as tf
 
     steps = len(data.x_train) // args.batch_size
-    optimizer = make_optimizer(args.lr_schedule, total_steps=args.epochs * steps)
-    compile_model(model, optimizer)  # what model.h5 records, and what evaluation uses
-    trainer = make_trainer(model)
-    compile_model(trainer, optimizer, jit_compile=False)  # XLA compiles the training loop only
-    verbose, callbacks = progress_callbacks(args.epochs, args.quiet)
-    callbacks.append(keras.callbacks.CSVLogger(str(logs / HISTORY_FILE)))
-    if args.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs / TENSORBOARD_DIR)))
-    history = trainer.fit(
-        shuffled_blocks(data.x_train, data.y_train, args.batch_size, args.seed),
-        validation_data=one_batch(normalize(data.x_val), data.y_val),
-        epochs=args.epochs,
-        shuffle=False,  # shuffled_blocks has shuffled already
-        verbose=verbose,
-        callbacks=callbacks,
-    )
-    return history.history
+    compile_model(model, make_optimizer(args.lr_schedule, total_steps=args.epochs * steps))
+    train_epoch = make_epoch_trainer(model, data.x_train, data.y_train)
+    score = make_scorer(model)
+    x_val, y_val = tf.constant(normalize(data.x_val)), tf.constant(data.y_val)
+    report_progress = progress_reporter(args.epochs, args.quiet)
+    callbacks = keras.callbacks.CallbackList(history_callbacks(args, logs), model=model)
+    rng = np.random.default_rng(args.seed)
+    history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+
+    callbacks.on_train_begin()
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        callbacks.on_epoch_begin(epoch)
+        loss, accuracy = train_epoch(epoch_order(rng, len(data.x_train), args.batch_size))
+        val_loss, val_accuracy = score(x_val, y_val)
+        results = dict(zip(HISTORY_KEYS, map(float, (loss, accuracy, val_loss, val_accuracy))))
+        callbacks.on_epoch_end(epoch, results)
+        for key, value in results.items():
+            history[key].append(value)
+        report_progress(epoch, results, time.perf_counter() - started)
+    callbacks.on_train_end()
+    return history
 
 
 # -----------------------------------------------------------------------------

@@ -23,50 +23,62 @@ def test_constant_schedule_is_the_plain_recipe():
     assert float(train.make_optimizer("constant", total_steps=1000).learning_rate) == pytest.approx(0.001)
 
 
-def epoch_orders(labels: np.ndarray, batch_size: int, seed: int, epochs: int) -> list[np.ndarray]:
-    images = np.zeros((len(labels), 28, 28), np.uint8)
-    blocks = train.shuffled_blocks(images, labels, batch_size, seed)
-    return [np.concatenate([y.numpy().ravel() for _, y in blocks]) for _ in range(epochs)]
+def epoch_orders(count: int, batch_size: int, seed: int, epochs: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [train.epoch_order(rng, count, batch_size) for _ in range(epochs)]
 
 
 def test_each_epoch_sees_every_full_batch_once_in_a_new_order():
-    labels = np.arange(1000, dtype=np.int64)
-    first, second = epoch_orders(labels, batch_size=32, seed=3, epochs=2)
-    assert len(first) == len(second) == 1000 // 32 * 32  # the partial batch is left out
-    assert len(set(first)) == len(first) and len(set(second)) == len(second)
+    first, second = epoch_orders(1000, batch_size=32, seed=3, epochs=2)
+    assert first.shape == second.shape == (1000 // 32, 32)  # the partial batch is left out
+    assert len(set(first.ravel())) == first.size and len(set(second.ravel())) == second.size
+    assert first.max() < 1000 and second.max() < 1000
     assert not np.array_equal(first, second)
 
 
 def test_the_order_follows_the_seed():
-    labels = np.arange(500, dtype=np.int64)
-    assert np.array_equal(epoch_orders(labels, 10, seed=1, epochs=1)[0],
-                          epoch_orders(labels, 10, seed=1, epochs=1)[0])
-    assert not np.array_equal(epoch_orders(labels, 10, seed=1, epochs=1)[0],
-                              epoch_orders(labels, 10, seed=2, epochs=1)[0])
+    assert np.array_equal(epoch_orders(500, 10, seed=1, epochs=1)[0],
+                          epoch_orders(500, 10, seed=1, epochs=1)[0])
+    assert not np.array_equal(epoch_orders(500, 10, seed=1, epochs=1)[0],
+                              epoch_orders(500, 10, seed=2, epochs=1)[0])
 
 
-def test_the_fast_trainer_makes_the_same_updates_as_plain_mini_batch_adam():
+def test_the_compiled_epoch_makes_the_same_updates_as_plain_mini_batch_adam():
     data = synthetic_mnist(n_train=640, n_test=10)
-    blocks = list(train.shuffled_blocks(data["x_train"], data["y_train"], batch_size=32, seed=0))
+    images, labels = data["x_train"], data["y_train"]
+    order = epoch_orders(len(images), batch_size=32, seed=0, epochs=1)[0]
 
     keras.utils.set_random_seed(0)
     fast = train.build_model()
     plain = keras.models.clone_model(fast)
     plain.set_weights(fast.get_weights())
     train.compile_model(fast, keras.optimizers.Adam(0.001))
-    trainer = train.make_trainer(fast)
-    train.compile_model(trainer, fast.optimizer, jit_compile=False)
-    trainer.fit((block for block in blocks), steps_per_epoch=len(blocks), epochs=1,
-                shuffle=False, verbose=0)
+    loss, accuracy = train.make_epoch_trainer(fast, images, labels)(order)
 
     train.compile_model(plain, keras.optimizers.Adam(0.001))
-    for images, labels in blocks:
-        for step in range(images.shape[0]):
-            plain.train_on_batch(images[step], labels[step])
+    plain_losses, plain_correct = [], 0
+    for batch in order:
+        x, y = train.normalize(images[batch]), labels[batch]
+        plain_correct += int(np.sum(plain.predict_on_batch(x).argmax(axis=1) == y))
+        plain_losses.append(plain.train_on_batch(x, y, return_dict=True)["loss"])
 
     assert int(fast.optimizer.iterations) == int(plain.optimizer.iterations) == 640 // 32
     for fast_weights, plain_weights in zip(fast.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(fast_weights, plain_weights, rtol=1e-4, atol=1e-6)
+    assert float(accuracy) == pytest.approx(plain_correct / order.size)
+    assert float(loss) == pytest.approx(np.mean(plain_losses), rel=1e-4)
+
+
+def test_the_scorer_agrees_with_keras_evaluate():
+    data = synthetic_mnist(n_train=10, n_test=300)
+    keras.utils.set_random_seed(0)
+    model = train.build_model()
+    train.compile_model(model, keras.optimizers.Adam(0.001))
+    images = train.normalize(data["x_test"])
+    loss, accuracy = train.make_scorer(model)(images, data["y_test"])
+    expected = model.evaluate(images, data["y_test"], verbose=0, return_dict=True)
+    assert float(loss) == pytest.approx(expected["loss"], rel=1e-4)
+    assert float(accuracy) == pytest.approx(expected["accuracy"])
 
 
 def test_training_reports_loss_and_accuracy_per_epoch(tmp_path):

@@ -438,7 +438,6 @@ def make_epoch_trainer(model, images: np.ndarray, labels: np.ndarray):
     images stay uint8 and each mini-batch is normalized as it is taken, exactly as
     normalize() does, so no float copy of the training set is ever held.
     """
-    import keras
     import tensorflow as tf
 
     images, labels = tf.constant(images), tf.constant(labels)
@@ -452,11 +451,10 @@ def make_epoch_trainer(model, images: np.ndarray, labels: np.ndarray):
             x = tf.cast(tf.gather(images, batch), tf.float32) / 255
             y = tf.gather(labels, batch)
             with tf.GradientTape() as tape:
-                probabilities = model(x, training=True)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+                loss, batch_correct = loss_and_correct(model(x, training=True), y)
             gradients = tape.gradient(loss, model.trainable_variables)
             model.optimizer.apply(gradients, model.trainable_variables)
-            return step + 1, loss_sum + loss, correct + count_correct(probabilities, y)
+            return step + 1, loss_sum + loss, correct + batch_correct
 
         steps = tf.shape(order)[0]
         _, loss_sum, correct = tf.while_loop(lambda step, *_: step < steps, one_step, [0, 0.0, 0])
@@ -467,23 +465,24 @@ def make_epoch_trainer(model, images: np.ndarray, labels: np.ndarray):
 
 def make_scorer(model):
     """A compiled function that gives `model`'s mean loss and accuracy on a whole set at once."""
-    import keras
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
     def score(images, labels):
-        probabilities = model(images)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-        return loss, count_correct(probabilities, labels) / tf.size(labels)
+        loss, correct = loss_and_correct(model(images), labels)
+        return loss, correct / tf.size(labels)
 
     return score
 
 
-def count_correct(probabilities, labels):
+def loss_and_correct(probabilities, labels):
+    """The mean cross-entropy loss, as compile() defines it, and how many guesses are right."""
+    import keras
     import tensorflow as tf
 
+    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
     guesses = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    return tf.math.count_nonzero(guesses == tf.cast(labels, tf.int32), dtype=tf.int32)
+    return loss, tf.math.count_nonzero(guesses == tf.cast(labels, tf.int32), dtype=tf.int32)
 
 
 def epoch_order(rng: np.random.Generator, count: int, batch_size: int) -> np.ndarray:

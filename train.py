@@ -975,6 +975,9 @@ def run(args: argparse.Namespace, started: float) -> None:
     if len(data.x_train) < args.batch_size:
         raise DataError(f"{mnist.source}: {len(data.x_train)} training images are fewer than "
                         f"one batch (--batch-size {args.batch_size})")
+    if not args.quiet:  # something to read while TensorFlow starts
+        print(f"Data: {mnist.source}: {len(data.x_train):,} training, {len(data.x_val):,} validation "
+              f"and {len(data.x_test):,} test images", flush=True)
     start_tensorflow(args.seed)
     model = build_model()
 

@@ -30,11 +30,12 @@ def smoke(synthetic_npz, tmp_path_factory):
     return done, out
 
 
-def test_smoke_run_succeeds_and_reports_in_percent(smoke):
+def test_smoke_run_succeeds_and_reports_in_percent(smoke, synthetic_npz):
     done, _ = smoke
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("Epoch 1/1: loss ")  # one plain line per epoch when not a terminal
+    assert lines[0] == f"Data: {synthetic_npz}: 960 training, 240 validation and 300 test images"
+    assert lines[1].startswith("Epoch 1/1: loss ")  # one plain line per epoch when not a terminal
     for label in ("Training accuracy", "Validation accuracy", "Test accuracy"):
         assert any(line.startswith(f"{label}: ") and line.endswith("%") for line in lines), label
 
@@ -222,6 +223,7 @@ def long_run_under_way(tmp_path: Path, out: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert process.stdout.readline().startswith(f"Data: {data}: ")
     assert re.match(r"Epoch +1/500: ", process.stdout.readline())
     return process
 

@@ -568,12 +568,11 @@ def classify(model, images: np.ndarray) -> np.ndarray:
 
 def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy, loss, confusion matrix (rows: true digit) and per-digit precision and recall."""
-    import keras
     import tensorflow as tf
 
     predicted = probabilities.argmax(axis=1)
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes=NUM_CLASSES).numpy()
-    losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    loss, _ = loss_and_correct(probabilities, labels)
     hits, support, claimed = confusion.diagonal(), confusion.sum(axis=1), confusion.sum(axis=0)
     precision = np.divide(hits, claimed, out=np.zeros(NUM_CLASSES), where=claimed > 0)
     recall = np.divide(hits, support, out=np.zeros(NUM_CLASSES), where=support > 0)
@@ -581,7 +580,7 @@ def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
                    out=np.zeros(NUM_CLASSES), where=precision + recall > 0)
     return {
         "accuracy": float(hits.sum() / confusion.sum()),
-        "loss": float(np.mean(losses)),
+        "loss": float(loss),
         "confusion_matrix": confusion.tolist(),
         "per_class": {str(digit): {"precision": float(precision[digit]), "recall": float(recall[digit]),
                                    "f1": float(f1[digit]), "support": int(support[digit])}

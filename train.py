@@ -65,10 +65,33 @@ CONFUSION_FIGURE = "confusion_matrix.png"
 MISTAKES_FIGURE = "misclassified.png"
 TENSORBOARD_DIR = "logs"
 
-WORK_SIZE = 512  # a picture is shrunk to at most this many pixels a side before it is read
+WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
 DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
 FIELD = 28  # ... and centred by centre of mass in 28x28
+MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
+STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
+STROKE_STEPS = 10  # halvings in the search for the pen width that matches MNIST's
 MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
+FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
+NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
+MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
+RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
+RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side
+SPECK = 0.02  # marks smaller than this share of the largest one are specks
+MAX_MARKS = 50  # only the largest marks are considered
+MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
+STACKED_GAP = 0.35  # ... and so are marks one above the other this close (a 5's flag)
+SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
+FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its size from each edge ...
+FRAME_EDGE_SHARE = 0.9  # ... along at least this share of each of its four edges
+SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
+LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
+BLANK_PICTURE = "no digit found (the image looks blank)"
+
+TEMPERATURE_ATTRIBUTE = "confidence_temperature"  # model.h5's attribute holding the calibration
+TEMPERATURE_RANGE = (0.25, 8.0)  # where the calibration's temperature is searched for ...
+TEMPERATURE_STEPS = 40  # ... in this many golden-section steps
+CALIBRATION_BINS = 15  # confidence bins of the expected calibration error (Guo et al. use 15)
 
 EXIT_ERROR = 1
 # (usage errors exit with 2, argparse's own code)
@@ -113,6 +136,12 @@ class Mnist(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+
+
+class Reading(NamedTuple):
+    """A picture made into the model's input, and what the preprocessing had to guess about it."""
+    image: np.ndarray  # 28x28 float32 in [0, 1], light digit on black, as MNIST's
+    notes: list[str]
 
 
 class Split(NamedTuple):
@@ -183,11 +212,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="print only the results, no training progress")
     recognizing = parser.add_argument_group("recognizing your own digits (no training)")
     recognizing.add_argument("--predict", nargs="+", type=Path, metavar="IMAGE",
-                             help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, TIFF)")
+                             help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, "
+                                  "TIFF, ...), or every picture in a folder")
     recognizing.add_argument("--model", type=Path, metavar="PATH",
                              help="the model to use (default: OUTPUT_DIR/model.h5)")
     recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                              help="also save each 28x28 input the model sees, as a PNG, in DIR")
+    recognizing.add_argument("--format", choices=("text", "json"), default="text",
+                             help="one line per picture in words, or one JSON object per picture "
+                                  "(default: %(default)s)")
     args = parser.parse_args(argv)
     problem = output_dir_problem(args.output_dir)
     if problem:
@@ -200,6 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"argument --save-preprocessed: {problem}")
     if args.model is not None and args.predict is None:
         parser.error("argument --model: only with --predict")
+    if args.format != "text" and args.predict is None:
+        parser.error("argument --format: only with --predict")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("argument --tensorboard: the tensorboard package is not installed "
                      "(pip install tensorboard)")
@@ -566,8 +601,9 @@ def classify(model, images: np.ndarray) -> np.ndarray:
                            for start in chunks])
 
 
-def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, loss, confusion matrix (rows: true digit) and per-digit precision and recall."""
+def test_report(probabilities: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
+    """Accuracy, loss, confusion matrix (rows: true digit), per-digit precision and recall, and
+    how honest the confidence is before and after calibration with `temperature`."""
     import tensorflow as tf
 
     predicted = probabilities.argmax(axis=1)
@@ -585,7 +621,53 @@ def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
         "per_class": {str(digit): {"precision": float(precision[digit]), "recall": float(recall[digit]),
                                    "f1": float(f1[digit]), "support": int(support[digit])}
                       for digit in range(NUM_CLASSES)},
+        "calibration": {"temperature": temperature,
+                        "test_calibration_error": calibration_error(probabilities, labels),
+                        "test_calibration_error_calibrated":
+                            calibration_error(calibrated(probabilities, temperature), labels)},
     }
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that makes the confidence honest on images the model was not trained on.
+
+    Temperature scaling (Guo et al., 2017): a network trained to near 100% on its training
+    images is overconfident elsewhere; dividing its log-probabilities by one number fitted to
+    the validation set fixes most of that without changing any answer. The validation loss is
+    convex in 1/temperature, so a golden-section search finds it.
+    """
+    def loss(inverse: float) -> float:
+        chosen = calibrated(probabilities, 1 / inverse)[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(np.maximum(chosen, 1e-12))))
+
+    low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
+    golden = (np.sqrt(5) - 1) / 2
+    for _ in range(TEMPERATURE_STEPS):
+        a, b = high - golden * (high - low), low + golden * (high - low)
+        low, high = (low, b) if loss(a) < loss(b) else (a, high)
+    return float(2 / (low + high))
+
+
+def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities with their log divided by `temperature`: the same ranking, honest confidence."""
+    logits = np.log(np.maximum(probabilities.astype(np.float64), 1e-12)) / temperature
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Expected calibration error: the gap between confidence and accuracy, averaged over all answers.
+
+    The answers are put in CALIBRATION_BINS bins by confidence; each bin counts by its size.
+    """
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == labels
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    gap = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        gap += members.mean() * abs(right[members].mean() - confidence[members].mean())
+    return float(gap)
 
 
 def most_confused(confusion: list[list[int]], count: int = 3) -> list[tuple[int, int, int]]:
@@ -607,6 +689,10 @@ def print_results(history: dict, report: dict) -> None:
     if pairs:
         print("Most confused: " + ", ".join(f"{true} -> {predicted}: {times} times"
                                             for true, predicted, times in pairs))
+    calibration = report["calibration"]
+    print(f"Confidence calibrated on the validation set (temperature {calibration['temperature']:.2f}): "
+          f"calibration error on the test set {100 * calibration['test_calibration_error']:.2f}% before, "
+          f"{100 * calibration['test_calibration_error_calibrated']:.2f}% after")
 
 
 # -----------------------------------------------------------------------------
@@ -760,6 +846,15 @@ def draw_architecture(model, path: Path) -> None:
         warn(f"{path.name} was not drawn: {error}")
 
 
+def save_model(model, path: Path, temperature: float) -> None:
+    """model.h5 as Keras writes it, plus the confidence calibration as an HDF5 attribute (Keras ignores it)."""
+    import h5py
+
+    model.save(path)
+    with h5py.File(path, "a") as file:
+        file.attrs[TEMPERATURE_ATTRIBUTE] = temperature
+
+
 def metrics_report(args: argparse.Namespace, source: str, history: dict, report: dict,
                    wall_seconds: float, fit_seconds: float) -> dict:
     import keras
@@ -770,6 +865,7 @@ def metrics_report(args: argparse.Namespace, source: str, history: dict, report:
         "test_loss": report["loss"],
         "confusion_matrix": report["confusion_matrix"],
         "per_class": report["per_class"],
+        "calibration": report["calibration"],
         "history": history,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -794,11 +890,15 @@ def write_json(path: Path, content: dict) -> None:
 # Recognizing the user's own digits (--predict)
 # -----------------------------------------------------------------------------
 def load_picture(path: Path) -> np.ndarray:
-    """Grey levels in [0, 1], transparency laid over white, at most WORK_SIZE pixels a side."""
+    """Grey levels in [0, 1], at most WORK_SIZE pixels a side.
+
+    See-through parts are laid over the colour the marks stand out from: black under light
+    strokes, white under dark ones, so a drawing exported from a canvas reads either way.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if path.is_dir():
-        raise PictureError("a folder, not a picture")
+        raise PictureError("a folder with no pictures")
     if not path.is_file():
         raise PictureError("no such file")
     if path.stat().st_size == 0:
@@ -807,12 +907,10 @@ def load_picture(path: Path) -> np.ndarray:
         with Image.open(path) as picture:
             picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
             picture = ImageOps.exif_transpose(picture)  # photos: upright as the camera meant
-            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-                rgba = picture.convert("RGBA")
-                picture = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            picture = picture.convert("L")
             picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(picture, dtype=np.float32) / 255
+            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+                return over_contrasting_background(picture.convert("RGBA"))
+            return np.asarray(picture.convert("L"), dtype=np.float32) / 255
     except UnidentifiedImageError:
         raise PictureError("not an image in a format Pillow reads") from None
     except Image.DecompressionBombError:
@@ -821,29 +919,52 @@ def load_picture(path: Path) -> np.ndarray:
         raise PictureError(f"unreadable image ({error})") from None
 
 
-def mnist_like(grey: np.ndarray) -> np.ndarray:
-    """A 28x28 float32 input made from a picture of one digit the way MNIST's digits were made.
+def over_contrasting_background(rgba) -> np.ndarray:
+    """Grey levels of a picture with transparency, laid over black or white, whichever the marks are not."""
+    alpha = np.asarray(rgba.getchannel("A"), np.float32) / 255
+    grey = np.asarray(rgba.convert("L"), np.float32) / 255
+    marks = alpha > 0.5
+    light_marks = marks.any() and grey[marks].mean() > 0.5
+    return grey * alpha + (0.0 if light_marks else 1.0) * (1 - alpha)
 
-    Light digit on black, the digit's bounding box scaled to fit 20x20 with its aspect ratio
-    kept, anti-aliased, and placed so that its centre of mass is the centre of the field.
+
+def read_digit(grey: np.ndarray) -> Reading:
+    """The 28x28 input the model needs, made from a picture of one digit as MNIST's were made.
+
+    MNIST's digits are pen strokes scanned in black and white, scaled to fit 20x20 with their
+    aspect ratio kept (which anti-aliases them) and centred by centre of mass in 28x28. So the
+    picture's ink is found and thresholded, ruled lines, specks and a box drawn around the
+    digit are left out, the pen's width is brought within MNIST's, and then MNIST's own steps
+    follow.
     """
-    ink = ink_map(grey)
-    strokes = ink > otsu_threshold(ink)
-    no_contrast = strokes.all() or not strokes.any() or \
-        ink[strokes].mean() - ink[~strokes].mean() < MIN_INK_CONTRAST
-    if no_contrast:
-        raise PictureError("no digit found (the image looks blank)")
-    ink = np.clip(ink - np.percentile(ink[~strokes], 95), 0, 1)  # bare paper reads as exactly 0
-    top, bottom, left, right = digit_box(strokes)
-    digit = fit_in_box(ink[top:bottom, left:right], DIGIT_BOX)
-    return centre_by_mass(digit, FIELD)
+    ink, enlarged = ink_map(grey)
+    strokes, strength = ink_strokes(ink)
+    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)))
+    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)))
+    notes = []
+    if several:
+        notes.append("several marks: used the largest")
+    height = round(marks.shape[0] / enlarged)
+    if height < SMALL_DIGIT:
+        notes.append(f"the digit is only {height} pixels tall")
+    if marks.sum() / enlarged ** 2 < LITTLE_INK:
+        notes.append("almost no ink")
+    if strength < FAINT_CONTRAST:
+        notes.append("very faint")
+    digit = fit_in_box(with_mnist_strokes(marks), DIGIT_BOX)
+    return Reading(centre_by_mass(digit, FIELD), notes)
 
 
-def ink_map(grey: np.ndarray) -> np.ndarray:
-    """How much ink each pixel holds, 0 (paper) to 1, whatever the polarity, lighting and pencil."""
+def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
+    """How much ink each pixel holds, 0 (paper) to 1, whatever the polarity, lighting and pencil.
+
+    A tiny picture is enlarged first, so that its strokes are several pixels wide; the second
+    value says by how much.
+    """
     from PIL import Image, ImageFilter
 
-    if max(grey.shape) < 100:  # a tiny picture: enlarge it so that strokes are several pixels wide
+    factor = 1
+    if max(grey.shape) < 100:
         factor = -(-100 // max(grey.shape))
         grey = np.kron(grey, np.ones((factor, factor), np.float32))
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -857,30 +978,212 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
     paper = small.filter(ImageFilter.MaxFilter(9)).resize((width, height), Image.Resampling.BILINEAR)
     paper = np.maximum(np.asarray(paper, np.float32) / 255, 1e-3)
-    return np.clip(1 - grey / paper, 0, 1)
+    return np.clip(1 - grey / paper, 0, 1), factor
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """The level that best splits `values` (in [0, 1]) into two groups: Otsu's method."""
-    counts, edges = np.histogram(values, bins=256, range=(0, 1))
-    levels = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(counts * levels)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(levels[np.argmax(between)])
+def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels that are pen strokes, and how strongly the strokes stand out from the paper (0-1).
+
+    A pixel is a stroke where it holds at least half the strokes' full ink: the width at half
+    strength is a stroke's true width, and paler marks (ruled lines, paper texture, noise) drop out.
+    The paper is what most of the picture is; its noise is measured, so that a blank page is not
+    read as strokes however the light falls.
+    """
+    paper = float(np.median(ink))
+    noise = 1.4826 * float(np.median(np.abs(ink - paper)))  # the spread of the paper's grey, robustly
+    standing_out = ink > paper + max(MIN_INK_CONTRAST, NOISE_LEVELS * noise)
+    if standing_out.sum() < MIN_INK_PIXELS:
+        raise PictureError(BLANK_PICTURE)
+    strength = float(np.percentile(ink[standing_out], 90)) - paper
+    return ink > paper + max(strength / 2, NOISE_LEVELS * noise), strength
 
 
-def digit_box(strokes: np.ndarray) -> tuple[int, int, int, int]:
-    """The bounding box of the ink, ignoring isolated specks of noise."""
-    from PIL import Image, ImageFilter
+def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
+    """The strokes less the thin straight lines that cross most of the picture (ruled paper, a margin).
 
-    mask = Image.fromarray(np.uint8(strokes * 255))
-    opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
-    rows, columns = np.nonzero(opened if opened.any() else strokes)
-    return rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
+    Where the digit touches or crosses a line, the ink there is taller than the line and is kept.
+    """
+    kept = strokes & ~thin_long_lines(strokes) & ~thin_long_lines(strokes.T).T
+    return kept if kept.any() else strokes
+
+
+def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
+    """The pixels of thin, nearly horizontal lines that run across most of the picture's width."""
+    height, width = strokes.shape
+    pool = max(1, width // 64)  # columns per step: a line may climb one row per step
+    columns = width // pool
+    pooled = strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+    ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
+    on_line = (ahead + behind - 1 >= RULED_LINE * columns)
+    line = strokes & expand_columns(on_line, pool, width)
+    if not line.any():
+        return line
+    runs = vertical_run_lengths(strokes)
+    thickness = np.median(runs[line])
+    if thickness > RULED_LINE_THICKNESS * max(height, width):
+        return np.zeros_like(strokes)
+    return line & (runs <= 1.5 * thickness + 1)
+
+
+def expand_columns(pooled: np.ndarray, pool: int, width: int) -> np.ndarray:
+    """Undo the pooling of columns: each pooled column stands for `pool` columns (the last for the rest)."""
+    wide = np.repeat(pooled, pool, axis=1)
+    return np.pad(wide, ((0, 0), (0, width - wide.shape[1])), mode="edge")
+
+
+def path_lengths(mask: np.ndarray) -> np.ndarray:
+    """For each pixel, the longest run of ink ending there, moving one column right and at most one row each step."""
+    lengths = np.zeros(mask.shape, np.int32)
+    previous = np.zeros(mask.shape[0], np.int32)
+    for column in range(mask.shape[1]):
+        best = previous.copy()
+        best[1:] = np.maximum(best[1:], previous[:-1])
+        best[:-1] = np.maximum(best[:-1], previous[1:])
+        previous = np.where(mask[:, column], best + 1, 0)
+        lengths[:, column] = previous
+    return lengths
+
+
+def vertical_run_lengths(mask: np.ndarray) -> np.ndarray:
+    """For each ink pixel, the height of the unbroken run of ink in its column."""
+    from scipy import ndimage
+
+    runs, _ = ndimage.label(mask, structure=[[0, 1, 0], [0, 1, 0], [0, 1, 0]])
+    sizes = np.bincount(runs.ravel())
+    sizes[0] = 0
+    return sizes[runs]
+
+
+def without_frames(strokes: np.ndarray) -> np.ndarray:
+    """The strokes less any box drawn around the digit: a mark whose ink runs along all four edges of its bounds.
+
+    The box's edges are taken off; what it held, even where it touched the box, stays.
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(strokes, structure=np.ones((3, 3)))
+    kept = strokes.copy()
+    for number, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
+        mark = labels[rows, columns] == number
+        band = max(2, round(FRAME_BAND * min(mark.shape)))
+        if min(mark.shape) < 4 * band:
+            continue
+        edges = (mark[:band].any(axis=0), mark[-band:].any(axis=0), mark[:, :band].any(axis=1), mark[:, -band:].any(axis=1))
+        if all(edge.mean() >= FRAME_EDGE_SHARE for edge in edges):
+            ring = np.ones(mark.shape, bool)
+            ring[band:-band, band:-band] = False
+            kept[rows, columns] &= ~(mark & ring)
+    return kept if kept.any() else strokes
+
+
+def digit_marks(strokes: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The marks that form the digit, cropped to them, and whether other digit-sized marks were left out.
+
+    Marks close together (the parts of a broken pen stroke, a 5's flag) form one group; specks
+    are left out; of several groups, the largest is the digit.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    marks = [i for i in np.argsort(-areas)[:MAX_MARKS] if areas[i] >= SPECK * areas.max()]
+    groups = group_marks(marks, boxes)
+    size = {id(group): sum(areas[i] for i in group) for group in groups}
+    groups.sort(key=lambda group: -size[id(group)])
+    chosen = groups[0]
+    top, bottom, left, right = bounds([boxes[i] for i in chosen])
+    height = bottom - top
+    several = any(size[id(group)] >= SEVERAL_MARKS * size[id(chosen)]
+                  and bounds([boxes[i] for i in group])[1] - bounds([boxes[i] for i in group])[0] >= height / 2
+                  for group in groups[1:])
+    crop = np.isin(labels[top:bottom, left:right], [i + 1 for i in chosen])
+    return crop, several
+
+
+def bounds(boxes: list[tuple[slice, slice]]) -> tuple[int, int, int, int]:
+    """Top, bottom, left and right of the box around all these boxes."""
+    return (min(b[0].start for b in boxes), max(b[0].stop for b in boxes),
+            min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
+
+
+def group_marks(marks: list[int], boxes) -> list[list[int]]:
+    """Marks close enough to be parts of one digit, as groups (single linkage)."""
+    groups = [[mark] for mark in marks]
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if any(close(boxes[i], boxes[j]) for i in groups[a] for j in groups[b]):
+                    groups[a] += groups.pop(b)
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def close(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
+    """Whether two marks belong to one digit: nearly touching, or one above the other."""
+    gap_rows = max(a[0].start, b[0].start) - min(a[0].stop, b[0].stop)
+    gap_columns = max(a[1].start, b[1].start) - min(a[1].stop, b[1].stop)
+    size = max(a[0].stop - a[0].start, b[0].stop - b[0].start, a[1].stop - a[1].start, b[1].stop - b[1].start)
+    narrower = min(a[1].stop - a[1].start, b[1].stop - b[1].start)
+    touching = max(gap_rows, gap_columns) <= max(2, MARK_GAP * size)
+    stacked = -gap_columns >= narrower / 2 and gap_rows <= STACKED_GAP * size
+    return touching or stacked
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """The strokes' mean width in pixels: their area over half the length of their outline."""
+    padded = np.pad(mask, 1)
+    outline = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
+    return 2 * mask.sum() / max(outline, 1)
+
+
+def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
+    """The digit's marks with the pen's width brought within MNIST's, at STROKE_FRAME pixels or more.
+
+    A ballpoint's line is far thinner, relative to the digit, than the strokes MNIST was
+    written with, and a marker's far bolder; the model only knows MNIST's.
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    height, width = marks.shape
+    scale = STROKE_FRAME / max(height, width)
+    if scale > 1:  # a small digit: enlarge it, so that the width can be set finely
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        marks = np.asarray(Image.fromarray(marks.astype(np.float32), "F").resize(
+            size, Image.Resampling.BILINEAR)) > 0.5
+    low, high = MNIST_STROKE
+    if width_in_box(marks) < low:  # thicken: keep every pixel within some distance of the ink
+        distance = ndimage.distance_transform_edt(~np.pad(marks, max(marks.shape) // 8 + 2))
+        marks = distance <= smallest(lambda r: width_in_box(distance <= r) >= low, distance.max())
+    elif width_in_box(marks) > high:  # thin: keep only the pixels deeper inside the ink than some distance
+        depth = ndimage.distance_transform_edt(np.pad(marks, 1))
+        thinner = depth > smallest(lambda r: width_in_box(depth > r) <= high, depth.max())
+        marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
+    rows, columns = np.nonzero(marks)
+    return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)
+
+
+def width_in_box(marks: np.ndarray) -> float:
+    """The strokes' width once the marks are scaled to fit the 20x20 box (0 if there are none)."""
+    rows, columns = np.nonzero(marks)
+    if not len(rows):
+        return 0.0
+    return stroke_width(marks) * DIGIT_BOX / max(np.ptp(rows) + 1, np.ptp(columns) + 1)
+
+
+def smallest(holds: Callable[[float], bool], upper: float) -> float:
+    """The smallest value in [0, upper] for which `holds` is true, which it stays above it (bisection)."""
+    low, high = 0.0, upper
+    for _ in range(STROKE_STEPS):
+        middle = (low + high) / 2
+        low, high = (low, middle) if holds(middle) else (middle, high)
+    return high
 
 
 def fit_in_box(digit: np.ndarray, box: int) -> np.ndarray:
@@ -890,10 +1193,7 @@ def fit_in_box(digit: np.ndarray, box: int) -> np.ndarray:
     height, width = digit.shape
     scale = box / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # Pale strokes count fully, as MNIST's pen strokes did; then shrink with a smooth filter.
-    strength = np.percentile(digit[digit > 0], 90) if (digit > 0).any() else 1.0
-    full = np.clip(digit / max(strength, 1e-3), 0, 1)
-    small = Image.fromarray(full.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
+    small = Image.fromarray(digit.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(small, np.float32), 0, 1)
 
 
@@ -923,42 +1223,97 @@ def load_trained_model(path: Path):
     return model
 
 
-def save_preprocessed(inputs: dict[Path, np.ndarray], folder: Path) -> None:
+def model_temperature(path: Path) -> float:
+    """The confidence calibration saved with the model by training; 1 (none) for a model from elsewhere."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            return float(file.attrs.get(TEMPERATURE_ATTRIBUTE, 1.0))
+    except OSError:  # not HDF5 (a .keras file): no calibration to read
+        return 1.0
+
+
+def pictures_in(paths: list[Path]) -> list[Path]:
+    """The pictures to classify: the files named, and the pictures in the folders named, sorted.
+
+    What a folder holds that is not a picture is skipped with a note; hidden files silently.
+    """
+    from PIL import Image
+
+    kinds = {extension.lower() for extension in Image.registered_extensions()}
+    pictures = []
+    for path in paths:
+        if not path.is_dir():
+            pictures.append(path)
+            continue
+        found = [entry for entry in sorted(path.iterdir()) if not entry.name.startswith(".")]
+        for entry in found:
+            if entry.is_file() and entry.suffix.lower() in kinds:
+                pictures.append(entry)
+            else:
+                print(f"{entry}: skipped: not a picture", file=sys.stderr)
+        if not any(entry.is_file() and entry.suffix.lower() in kinds for entry in found):
+            pictures.append(path)  # reported as an error: a folder with no pictures
+    return pictures
+
+
+def save_preprocessed(readings: dict[Path, Reading], folder: Path) -> None:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    for path, image in inputs.items():
+    for path, reading in readings.items():
         name, copy = f"{path.stem}.png", 1
         while name in used:
             copy += 1
             name = f"{path.stem}-{copy}.png"
         used.add(name)
-        Image.fromarray(np.uint8(np.round(image * 255))).save(folder / name)
+        Image.fromarray(np.uint8(np.round(reading.image * 255))).save(folder / name)
+
+
+def answer_line(path: Path, row: np.ndarray, notes: list[str]) -> str:
+    return f"{path}: {row.argmax()} ({'; '.join([f'{100 * row.max():.1f}%', *notes])})"
+
+
+def answer_json(path: Path, row: np.ndarray | None, notes: list[str], error: str | None = None) -> str:
+    if error is not None:
+        return json.dumps({"path": str(path), "error": error})
+    return json.dumps({"path": str(path), "digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
+                       "probabilities": [round(float(p), 4) for p in row], "notes": notes})
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Classify each picture; one line per picture, errors on stderr; 1 if any picture failed."""
+    """Classify each picture, in order: one line each; 1 if any picture could not be read."""
     model_path = args.model or args.output_dir / MODEL_FILE
     if not model_path.is_file():  # say so before spending seconds on starting TensorFlow
         raise DataError(f"{model_path}: no such model file; train one first with: python train.py")
-    inputs, failed = {}, False
-    for path in args.predict:
+    pictures = pictures_in(args.predict)
+    readings, errors = {}, {}
+    for path in pictures:
         try:
-            inputs[path] = mnist_like(load_picture(path))
+            readings[path] = read_digit(load_picture(path))
         except PictureError as error:
-            print(f"{path}: error: {error}", file=sys.stderr)
-            failed = True
+            errors[path] = str(error)
     start_tensorflow(SEED)
     model = load_trained_model(model_path)
-    if inputs:
-        probabilities = model(np.stack(list(inputs.values()))).numpy()
-        for path, row in zip(inputs, probabilities):
-            print(f"{path}: {row.argmax()} ({100 * row.max():.1f}%)")
-        if args.save_preprocessed is not None:
-            with writing_to(args.save_preprocessed):
-                save_preprocessed(inputs, args.save_preprocessed)
-    return EXIT_ERROR if failed else 0
+    temperature = model_temperature(model_path)
+    answers = {}
+    if readings:
+        raw = model(np.stack([reading.image for reading in readings.values()])).numpy()
+        answers = dict(zip(readings, calibrated(raw, temperature)))
+    for path in pictures:
+        if args.format == "json":
+            print(answer_json(path, answers.get(path), readings[path].notes if path in readings else [],
+                              errors.get(path)))
+        elif path in answers:
+            print(answer_line(path, answers[path], readings[path].notes))
+        else:
+            print(f"{path}: error: {errors[path]}", file=sys.stderr)
+    if readings and args.save_preprocessed is not None:
+        with writing_to(args.save_preprocessed):
+            save_preprocessed(readings, args.save_preprocessed)
+    return EXIT_ERROR if errors else 0
 
 
 # -----------------------------------------------------------------------------
@@ -985,13 +1340,14 @@ def run(args: argparse.Namespace, started: float) -> None:
         history = train(model, data, args, logs=staging.path)
         fit_seconds = time.perf_counter() - fit_started
         probabilities = classify(model, data.x_test)
-        report = test_report(probabilities, data.y_test)
+        temperature = fit_temperature(classify(model, data.x_val), data.y_val)
+        report = test_report(probabilities, data.y_test, temperature)
         print_results(history, report)
 
         with writing_to(args.output_dir):
             draw_architecture(model, staging.path / DIAGRAM_FILE)
             draw_figures(staging.path, history, report, data.x_test, data.y_test, probabilities)
-            model.save(staging.path / MODEL_FILE)
+            save_model(model, staging.path / MODEL_FILE, temperature)
             wall_seconds = time.perf_counter() - started
             write_json(staging.path / METRICS_FILE,
                        metrics_report(args, mnist.source, history, report, wall_seconds, fit_seconds))

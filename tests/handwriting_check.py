@@ -81,7 +81,7 @@ def score(model, paths: list[Path], labels: list[int]) -> tuple[float, float, in
     ours, failed = [], 0
     for path in paths:
         try:
-            ours.append(train.mnist_like(train.load_picture(path)))
+            ours.append(train.read_digit(train.load_picture(path)).image)
         except train.PictureError:
             failed += 1
             ours.append(np.zeros((28, 28), np.float32))  # counts as a miss

@@ -15,6 +15,10 @@ import train
 from conftest import ROOT, run_train
 
 
+def read(grey: np.ndarray) -> np.ndarray:
+    return train.read_digit(grey).image
+
+
 def drawn_digit(size: int = 280, width: int = 24) -> np.ndarray:
     """A hand-drawn-looking 7: dark ink on white paper, as grey levels 0-255."""
     picture = Image.new("L", (size, size), 255)
@@ -31,7 +35,7 @@ def mnist_digits() -> list[np.ndarray]:
     if path and Path(path).is_file():
         with np.load(path) as data:
             return [data["x_test"][i] for i in (0, 1, 2, 3, 4, 7, 11, 18, 61, 84)]
-    return [np.uint8(np.round(255 * train.mnist_like(drawn_digit() / 255)))]
+    return [np.uint8(np.round(255 * read(drawn_digit() / 255)))]
 
 
 def render(digit: np.ndarray, variant: str) -> bytes:
@@ -71,13 +75,13 @@ def test_a_rerendered_digit_comes_back_close_to_the_original(variant, tmp_path):
     for index, digit in enumerate(mnist_digits()):
         path = tmp_path / f"digit{index}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
         path.write_bytes(render(digit, variant))
-        made = train.mnist_like(train.load_picture(path))
+        made = read(train.load_picture(path))
         assert made.shape == (28, 28) and made.dtype == np.float32
         assert similarity(made, digit / 255) > 0.9, (variant, index)
 
 
 def test_the_digit_fits_20x20_and_its_centre_of_mass_is_the_centre():
-    made = train.mnist_like(drawn_digit() / 255)
+    made = read(drawn_digit() / 255)
     rows, columns = np.nonzero(made > 0.01)
     assert max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1) <= 21
     r, c = np.indices(made.shape)
@@ -87,11 +91,11 @@ def test_the_digit_fits_20x20_and_its_centre_of_mass_is_the_centre():
 
 
 def test_uneven_lighting_and_pale_pencil_are_evened_out():
-    clean = train.mnist_like(drawn_digit() / 255)
+    clean = read(drawn_digit() / 255)
     ramp = np.linspace(0.55, 1.0, 280, dtype=np.float32)[None, :]  # a shadow across the page
     pale = 1 - 0.35 * (1 - drawn_digit() / 255)  # pale pencil: ink only 35% darker than paper
     noisy = np.clip(pale * ramp + np.random.default_rng(0).normal(0, 0.02, (280, 280)), 0, 1)
-    assert similarity(train.mnist_like(noisy.astype(np.float32)), clean) > 0.9
+    assert similarity(read(noisy.astype(np.float32)), clean) > 0.9
 
 
 def test_a_very_large_picture_is_read(tmp_path):
@@ -99,15 +103,15 @@ def test_a_very_large_picture_is_read(tmp_path):
     Image.fromarray(drawn_digit(size=5000)).save(path)
     grey = train.load_picture(path)
     assert max(grey.shape) == train.WORK_SIZE
-    assert similarity(train.mnist_like(grey), train.mnist_like(drawn_digit() / 255)) > 0.9
+    assert similarity(read(grey), read(drawn_digit() / 255)) > 0.9
 
 
 def test_a_blank_picture_has_no_digit():
     with pytest.raises(train.PictureError, match="no digit found"):
-        train.mnist_like(np.full((200, 300), 0.97, np.float32))
+        read(np.full((200, 300), 0.97, np.float32))
     with pytest.raises(train.PictureError, match="no digit found"):
         noise = np.random.default_rng(1).normal(0.9, 0.02, (200, 300)).astype(np.float32)
-        train.mnist_like(np.clip(noise, 0, 1))
+        read(np.clip(noise, 0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +138,14 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
     answer = done.stdout.strip()
     assert answer.startswith(f"{good}: ") and answer.endswith("%)") and len(answer.splitlines()) == 1
     errors = dict(line.split(": error: ") for line in done.stderr.strip().splitlines())
+    assert errors.pop(str(tmp_path / "cut.png")).startswith("unreadable image")
     assert errors == {
         str(tmp_path / "missing.png"): "no such file",
         str(tmp_path / "empty.png"): "file is empty",
         str(tmp_path / "notes.png"): "not an image in a format Pillow reads",
-        str(tmp_path / "cut.png"): errors.get(str(tmp_path / "cut.png"), "missing"),
         str(tmp_path / "blank.png"): "no digit found (the image looks blank)",
-        str(tmp_path / "album"): "a folder, not a picture",
+        str(tmp_path / "album"): "a folder with no pictures",
     }
-    assert errors[str(tmp_path / "cut.png")].startswith("unreadable image")
 
 
 def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, tmp_path):

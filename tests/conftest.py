@@ -61,6 +61,17 @@ def real_mnist() -> Path:
     return Path(value)
 
 
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory, synthetic_npz) -> Path:
+    """A trained model: on real MNIST when MNIST_NPZ is set, else on synthetic data (file handling only)."""
+    out = tmp_path_factory.mktemp("model")
+    real = os.environ.get("MNIST_NPZ")
+    data = real if real and Path(real).is_file() else synthetic_npz
+    done = run_train("--data", data, "--epochs", "1", "--output-dir", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return out / "model.h5"
+
+
 def run_train(*args: str | Path, env: dict[str, str] | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """train.py in a fresh process, output captured (not a terminal: one line per epoch)."""

@@ -58,17 +58,21 @@ def write_digit(draw: ImageDraw.ImageDraw, line: np.ndarray, left: float, top: f
 
 
 def pen_photo(digit: np.ndarray, rng: np.random.Generator, pen_share: float | None = None,
-              ruled: bool | None = None, boxed: bool | None = None) -> tuple[Image.Image, dict]:
+              ruled: bool | None = None, boxed: bool | None = None, longer: int | None = None
+              ) -> tuple[Image.Image, dict]:
     """One MNIST digit written again with a pen and photographed; what was chosen, as a dict.
 
-    pen_share is the pen's width as a share of the digit's height (a ballpoint: 1-4%).
+    pen_share is the pen's width as a share of the digit's height (a ballpoint: 1-4%); longer
+    the photo's longer side in pixels (800-4000). Each left out is drawn at random.
     """
-    longer = int(rng.integers(800, 4001))
+    drawn_longer = int(rng.integers(800, 4001))
+    longer = drawn_longer if longer is None else longer
     width, height = (longer, longer * 3 // 4) if rng.random() < 0.5 else (longer * 3 // 4, longer)
     digit_height = height * rng.uniform(0.10, 0.45)
-    pen_share = rng.uniform(0.01, 0.04) if pen_share is None else pen_share
-    ruled = rng.random() < 0.5 if ruled is None else ruled
-    boxed = rng.random() < 0.25 if boxed is None else boxed
+    drawn = rng.uniform(0.01, 0.04), rng.random() < 0.5, rng.random() < 0.25  # drawn whatever is given,
+    pen_share, ruled, boxed = (drawn[0] if pen_share is None else pen_share,  # so the rest of the photo
+                               drawn[1] if ruled is None else ruled,  # stays the same
+                               drawn[2] if boxed is None else boxed)
     ink = "blue" if rng.random() < 0.5 else "black"
     line = centre_line(digit)
     rows, columns = np.nonzero(line)
@@ -80,9 +84,8 @@ def pen_photo(digit: np.ndarray, rng: np.random.Generator, pen_share: float | No
     paper = tuple(int(v) for v in rng.integers(215, 256, 3))
     picture = Image.new("RGB", (width, height), paper)
     draw = ImageDraw.Draw(picture)
+    spacing, tilt, gap = digit_height * rng.uniform(0.9, 1.4), rng.uniform(-0.01, 0.01) * width, rng.uniform(0.15, 0.35)
     if ruled:  # pale blue lines about a digit's height apart, slightly tilted
-        spacing = digit_height * rng.uniform(0.9, 1.4)
-        tilt = rng.uniform(-0.01, 0.01) * width
         thickness = max(1, round(height * 0.0015))
         for y in np.arange(rng.uniform(0, spacing), height + abs(tilt), spacing):
             draw.line([(0, y), (width, y + tilt)], fill=(150, 175, 215), width=thickness)
@@ -90,7 +93,7 @@ def pen_photo(digit: np.ndarray, rng: np.random.Generator, pen_share: float | No
     colour = tuple(int(v) for v in np.clip(np.array(INKS[ink]) + rng.integers(-15, 16, 3), 0, 255))
     write_digit(draw, line, left, top, digit_height, pen, colour)
     if boxed:
-        gap = digit_height * rng.uniform(0.15, 0.35) + pen
+        gap = digit_height * gap + pen
         draw.rectangle([left - gap, top - gap, left + digit_width + gap, top + digit_height + gap],
                        outline=colour, width=max(1, round(pen)))
     angle = rng.uniform(0, 2 * np.pi)  # light falling off across the page in some direction

@@ -114,16 +114,6 @@ def test_a_blank_picture_has_no_digit():
         read(np.clip(noise, 0, 1))
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, synthetic_npz) -> Path:
-    """A trained model: on real MNIST when MNIST_NPZ is set, else on synthetic data (file handling only)."""
-    out = tmp_path_factory.mktemp("model")
-    data = os.environ.get("MNIST_NPZ") if Path(os.environ.get("MNIST_NPZ", "-")).is_file() else synthetic_npz
-    done = run_train("--data", data, "--epochs", "1", "--output-dir", out, "--quiet")
-    assert done.returncode == 0, done.stderr
-    return out / train.MODEL_FILE
-
-
 def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, tmp_path):
     good = tmp_path / "seven.png"
     good.write_bytes(render(mnist_digits()[0], "png dark on light"))

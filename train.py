@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gzip
 import importlib.util
 import json
@@ -33,7 +34,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -66,11 +67,12 @@ MISTAKES_FIGURE = "misclassified.png"
 TENSORBOARD_DIR = "logs"
 
 WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
+MAX_PICTURE_PIXELS = 60_000_000  # larger pictures are refused: more than any phone's camera takes
 DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
 FIELD = 28  # ... and centred by centre of mass in 28x28
 MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
 STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
-STROKE_STEPS = 10  # halvings in the search for the pen width that matches MNIST's
+STROKE_STEPS = 7  # halvings in the search for the pen width that matches MNIST's
 MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
 FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
 NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
@@ -94,6 +96,13 @@ TEMPERATURE_STEPS = 40  # ... in this many golden-section steps
 CALIBRATION_BINS = 15  # confidence bins of the expected calibration error (Guo et al. use 15)
 VARY_TURN, VARY_SLANT, VARY_SCALE, VARY_SHIFT = 15, 0.1, 0.15, 2  # degrees, shear, share, pixels: how the
 # digits the calibration is fitted on are varied, as digits read from pictures vary
+
+PAGE_FILE = "draw.html"  # the drawing page --serve serves, beside this script
+SERVE_HOST = "127.0.0.1"  # this computer only
+SERVE_PORT = 8000
+SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone photo fits
+SERVE_TIMEOUT_SECONDS = 10  # a connection silent for this long is closed
+SERVE_READERS = 4  # pictures decoded at once, at most
 
 EXIT_ERROR = 1
 # (usage errors exit with 2, argparse's own code)
@@ -185,6 +194,16 @@ def any_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a digit classifier on MNIST and save it as model.h5, "
@@ -217,12 +236,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, "
                                   "TIFF, ...), or every picture in a folder")
     recognizing.add_argument("--model", type=Path, metavar="PATH",
-                             help="the model to use (default: OUTPUT_DIR/model.h5)")
+                             help="the model to use, with --predict or --serve (default: OUTPUT_DIR/model.h5)")
     recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                              help="also save each 28x28 input the model sees, as a PNG, in DIR")
     recognizing.add_argument("--format", choices=("text", "json"), default="text",
                              help="one line per picture in words, or one JSON object per picture "
                                   "(default: %(default)s)")
+    serving = parser.add_argument_group("drawing digits in the browser (no training)")
+    serving.add_argument("--serve", action="store_true",
+                         help="serve a page where you draw digits and see the model read them")
+    serving.add_argument("--host", metavar="ADDR",
+                         help=f"address to serve on; 0.0.0.0 lets other computers in (default: {SERVE_HOST})")
+    serving.add_argument("--port", type=port_number, metavar="N",
+                         help=f"port to serve on; 0 takes any free one (default: {SERVE_PORT})")
     args = parser.parse_args(argv)
     problem = output_dir_problem(args.output_dir)
     if problem:
@@ -233,8 +259,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problem = output_dir_problem(args.save_preprocessed)
         if problem:
             parser.error(f"argument --save-preprocessed: {problem}")
-    if args.model is not None and args.predict is None:
-        parser.error("argument --model: only with --predict")
+    if args.predict is not None and args.serve:
+        parser.error("argument --serve: not with --predict")
+    for name in ("host", "port"):
+        if getattr(args, name) is not None and not args.serve:
+            parser.error(f"argument --{name}: only with --serve")
+    args.host = SERVE_HOST if args.host is None else args.host
+    args.port = SERVE_PORT if args.port is None else args.port
+    if args.model is not None and args.predict is None and not args.serve:
+        parser.error("argument --model: only with --predict or --serve")
     if args.format != "text" and args.predict is None:
         parser.error("argument --format: only with --predict")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -932,6 +965,23 @@ def write_json(path: Path, content: dict) -> None:
 # Recognizing the user's own digits (--predict)
 # -----------------------------------------------------------------------------
 def load_picture(path: Path) -> np.ndarray:
+    """The picture in the file `path` as grey levels (see decode_picture)."""
+    if path.is_dir():
+        raise PictureError("a folder with no pictures")
+    if not path.exists():
+        raise PictureError("no such file")
+    if not path.is_file():
+        raise PictureError("not a regular file")
+    if path.stat().st_size == 0:
+        raise PictureError("file is empty")
+    try:
+        with open(path, "rb") as file:
+            return decode_picture(file)
+    except PermissionError:
+        raise PictureError("permission denied") from None
+
+
+def decode_picture(file: BinaryIO) -> np.ndarray:
     """Grey levels in [0, 1], at most WORK_SIZE pixels a side.
 
     See-through parts are laid over the colour the marks stand out from: black under light
@@ -939,14 +989,12 @@ def load_picture(path: Path) -> np.ndarray:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if path.is_dir():
-        raise PictureError("a folder with no pictures")
-    if not path.is_file():
-        raise PictureError("no such file")
-    if path.stat().st_size == 0:
-        raise PictureError("file is empty")
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own guard only warns; the limit below is said in words
     try:
-        with Image.open(path) as picture:
+        with Image.open(file) as picture:
+            if picture.width * picture.height > MAX_PICTURE_PIXELS:
+                raise PictureError(f"too large to read safely ({picture.width}x{picture.height} pixels; "
+                                   f"at most {MAX_PICTURE_PIXELS // 10**6} megapixels)")
             picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
             picture = ImageOps.exif_transpose(picture)  # photos: upright as the camera meant
             picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
@@ -955,9 +1003,7 @@ def load_picture(path: Path) -> np.ndarray:
             return np.asarray(picture.convert("L"), dtype=np.float32) / 255
     except UnidentifiedImageError:
         raise PictureError("not an image in a format Pillow reads") from None
-    except Image.DecompressionBombError:
-        raise PictureError("image too large to read safely") from None
-    except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "broken file"
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's ways of saying "broken file"
         raise PictureError(f"unreadable image ({error})") from None
 
 
@@ -981,7 +1027,6 @@ def read_digit(grey: np.ndarray) -> Reading:
     """
     ink, enlarged = ink_map(grey)
     strokes, strength = ink_strokes(ink)
-    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)))
     marks, several = digit_marks(without_frames(without_ruled_lines(strokes)))
     notes = []
     if several:
@@ -1055,6 +1100,8 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     pool = max(1, width // 64)  # columns per step: a line may climb one row per step
     columns = width // pool
     pooled = strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+    if pooled.any(axis=0).mean() < RULED_LINE:  # no line can cross this few columns
+        return np.zeros_like(strokes)
     ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
     on_line = (ahead + behind - 1 >= RULED_LINE * columns)
     line = strokes & expand_columns(on_line, pool, width)
@@ -1201,8 +1248,9 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
             size, Image.Resampling.BILINEAR)) > 0.5
     low, high = MNIST_STROKE
     if width_in_box(marks) < low:  # thicken: keep every pixel within some distance of the ink
-        distance = ndimage.distance_transform_edt(~np.pad(marks, max(marks.shape) // 8 + 2))
-        marks = distance <= smallest(lambda r: width_in_box(distance <= r) >= low, distance.max())
+        reach = max(marks.shape) * low / DIGIT_BOX  # more than the widest pen MNIST's range needs
+        distance = ndimage.distance_transform_edt(~np.pad(marks, int(reach) + 2))
+        marks = distance <= smallest(lambda r: width_in_box(distance <= r) >= low, reach)
     elif width_in_box(marks) > high:  # thin: keep only the pixels deeper inside the ink than some distance
         depth = ndimage.distance_transform_edt(np.pad(marks, 1))
         thinner = depth > smallest(lambda r: width_in_box(depth > r) <= high, depth.max())
@@ -1213,10 +1261,10 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
 
 def width_in_box(marks: np.ndarray) -> float:
     """The strokes' width once the marks are scaled to fit the 20x20 box (0 if there are none)."""
-    rows, columns = np.nonzero(marks)
+    rows, columns = np.flatnonzero(marks.any(axis=1)), np.flatnonzero(marks.any(axis=0))
     if not len(rows):
         return 0.0
-    return stroke_width(marks) * DIGIT_BOX / max(np.ptp(rows) + 1, np.ptp(columns) + 1)
+    return stroke_width(marks) * DIGIT_BOX / max(rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1)
 
 
 def smallest(holds: Callable[[float], bool], upper: float) -> float:
@@ -1263,6 +1311,26 @@ def load_trained_model(path: Path):
         raise DataError(f"{path}: this model takes {model.input_shape} and gives {model.output_shape}; "
                         "expected 28x28 images in and 10 digit probabilities out")
     return model
+
+
+class Recognizer:
+    """A trained model and its confidence calibration: the answers --predict and --serve give.
+
+    One instance serves every request thread of --serve: the model is called by one thread
+    at a time (a call takes well under a millisecond).
+    """
+
+    def __init__(self, model_path: Path) -> None:
+        self.model_path = model_path
+        self.model = load_trained_model(model_path)
+        self.temperature = model_temperature(model_path)
+        self.lock = threading.Lock()
+
+    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """The calibrated probabilities of the ten digits, one row per 28x28 input."""
+        with self.lock:
+            raw = self.model.predict_on_batch(np.stack(images))
+        return calibrated(raw, self.temperature)
 
 
 def model_temperature(path: Path) -> float:
@@ -1338,12 +1406,10 @@ def predict(args: argparse.Namespace) -> int:
         except PictureError as error:
             errors[path] = str(error)
     start_tensorflow(SEED)
-    model = load_trained_model(model_path)
-    temperature = model_temperature(model_path)
+    recognizer = Recognizer(model_path)
     answers = {}
     if readings:
-        raw = model(np.stack([reading.image for reading in readings.values()])).numpy()
-        answers = dict(zip(readings, calibrated(raw, temperature)))
+        answers = dict(zip(readings, recognizer.probabilities([reading.image for reading in readings.values()])))
     for path in pictures:
         if args.format == "json":
             print(answer_json(path, answers.get(path), readings[path].notes if path in readings else [],
@@ -1356,6 +1422,188 @@ def predict(args: argparse.Namespace) -> int:
         with writing_to(args.save_preprocessed):
             save_preprocessed(readings, args.save_preprocessed)
     return EXIT_ERROR if errors else 0
+
+
+# -----------------------------------------------------------------------------
+# Drawing digits in the browser (--serve): the page and one API, on the same model
+# -----------------------------------------------------------------------------
+class ServeError(Exception):
+    """The server could not start; the message says why and what to do."""
+
+
+def page_with_policy(model_path: Path) -> tuple[bytes, str]:
+    """draw.html, with the model named in it, and a Content-Security-Policy that allows only its
+    own inline script and style (by their hashes) and requests to this server."""
+    import base64
+    import hashlib
+    import html
+
+    path = Path(__file__).with_name(PAGE_FILE)
+    try:
+        page = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ServeError(f"{path}: cannot read the drawing page ({error.strerror})") from None
+    metrics = model_path.with_name(METRICS_FILE)
+    about = model_path.name
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        about += f" ({100 * json.loads(metrics.read_text())['test_accuracy']:.2f}% right on MNIST's test set)"
+    page = page.replace("<!--model-->", html.escape(about))
+    hashes = {kind: " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
+                             for block in re.findall(rf"<{kind}>(.*?)</{kind}>", page, re.S))
+              for kind in ("script", "style")}
+    policy = (f"default-src 'none'; script-src {hashes['script']}; style-src {hashes['style']}; "
+              "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+              "frame-ancestors 'none'")
+    return page.encode(), policy
+
+
+def answer_for_page(recognizer: Recognizer, body: bytes, readers: threading.BoundedSemaphore) -> dict:
+    """What POST /predict answers: the digit, its calibrated confidence, the ten probabilities,
+    the 28x28 input the model saw, and the notes, exactly as --predict reads the same picture."""
+    import io
+
+    with readers:  # a few pictures at a time: a burst of huge photos cannot exhaust memory
+        reading = read_digit(decode_picture(io.BytesIO(body)))
+    row = recognizer.probabilities([reading.image])[0]
+    return {"digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
+            "probabilities": [round(float(p), 4) for p in row],
+            "input": [[round(float(v), 3) for v in line] for line in reading.image],
+            "notes": reading.notes}
+
+
+def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool):
+    import http.server
+    from http import HTTPStatus
+
+    readers = threading.BoundedSemaphore(SERVE_READERS)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """GET / is the page, POST /predict the API; anything else an error in JSON. Nothing on disk is served."""
+        protocol_version = "HTTP/1.1"  # keep-alive: a drawing sends many requests
+        timeout = SERVE_TIMEOUT_SECONDS  # a silent client is dropped; it never holds the others
+        server_version = "train.py"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/":
+                return self.send_json(HTTPStatus.NOT_FOUND if self.path != "/predict" else HTTPStatus.METHOD_NOT_ALLOWED,
+                                      {"error": "no such page" if self.path != "/predict" else "use POST"})
+            self.send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": policy})
+
+        def do_POST(self) -> None:
+            if self.path != "/predict":
+                return self.send_json(HTTPStatus.METHOD_NOT_ALLOWED if self.path.split("?")[0] == "/" else
+                                      HTTPStatus.NOT_FOUND, {"error": "post pictures to /predict"})
+            length = self.headers.get("Content-Length")
+            if length is None or self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                return self.send_json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the picture with a Content-Length"})
+            if not length.isdigit():
+                self.close_connection = True
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
+            if int(length) > SERVE_MAX_BYTES:
+                self.close_connection = True  # the body is never read
+                return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                      {"error": f"picture too large: {int(length):,} bytes; "
+                                                f"at most {SERVE_MAX_BYTES // 2**20} MiB"})
+            try:
+                body = self.rfile.read(int(length))
+            except TimeoutError:
+                self.close_connection = True
+                return self.log_line(HTTPStatus.REQUEST_TIMEOUT)
+            if len(body) < int(length):  # the client gave up part-way
+                self.close_connection = True
+                return self.log_line(HTTPStatus.BAD_REQUEST)
+            try:
+                self.send_json(HTTPStatus.OK, answer_for_page(recognizer, body, readers))
+            except PictureError as error:
+                self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+
+        def not_allowed(self) -> None:
+            self.send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not supported here"})
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = not_allowed
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own errors (a malformed request, an unknown method) as JSON too."""
+            self.close_connection = True
+            self.send_json(code, {"error": message or HTTPStatus(code).phrase})
+
+        def send_json(self, status: int, content: dict) -> None:
+            self.send(status, json.dumps(content).encode(), "application/json", {"Cache-Control": "no-store"})
+
+        def send(self, status: int, body: bytes, kind: str, headers: dict[str, str]) -> None:
+            self.send_response_only(status)
+            for name, value in {"Content-Type": kind, "Content-Length": str(len(body)),
+                                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                                **headers}.items():
+                self.send_header(name, value)
+            if status == HTTPStatus.METHOD_NOT_ALLOWED:
+                self.send_header("Allow", "POST" if self.path == "/predict" else "GET")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            self.log_line(status)
+
+        def log_line(self, status: int) -> None:
+            if not quiet:
+                path = "".join(c if c.isprintable() else "?" for c in (getattr(self, "path", "") or "")[:200])
+                elapsed = 1000 * (time.perf_counter() - self.started)
+                print(f"{self.command or '-'} {path or '-'} {int(status)} {elapsed:.0f} ms", file=sys.stderr, flush=True)
+
+        def handle_one_request(self) -> None:
+            self.started = time.perf_counter()
+            super().handle_one_request()
+
+        def log_message(self, format: str, *args) -> None:  # http.server's own log: replaced by log_line
+            pass
+
+    return Handler
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the drawing page and the API until Ctrl-C or SIGTERM; 0 when stopped that way."""
+    import http.server
+    import ipaddress
+    import socket
+
+    model_path = args.model or args.output_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: no such model file; train one first with: python train.py")
+    page, policy = page_with_policy(model_path)
+    start_tensorflow(SEED)
+    recognizer = Recognizer(model_path)
+    recognizer.probabilities([np.zeros(IMAGE_SHAPE, np.float32)])  # the first call compiles: do it now
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True  # a connection left open never keeps the server from stopping
+        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
+        def handle_error(self, request, client_address) -> None:  # one line, never a traceback
+            print(f"error: a request from {client_address[0]} failed: {sys.exc_info()[1]!r}", file=sys.stderr)
+
+    try:
+        server = Server((args.host, args.port), make_handler(recognizer, page, policy, args.quiet))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {args.port} is already in use on {args.host}; stop what uses it, "
+                             "or choose another with --port N (--port 0 takes any free port)") from None
+        raise ServeError(f"cannot serve on {args.host} port {args.port}: {error.strerror or error}") from None
+    with server:
+        host, port = server.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(ValueError):
+            if not ipaddress.ip_address(host).is_loopback:
+                warn(f"serving on {host}: anyone who can reach this computer on port {port} "
+                     "can use the page and the API")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("Stopped.", file=sys.stderr)
+    return 0
 
 
 # -----------------------------------------------------------------------------
@@ -1408,8 +1656,10 @@ def main(argv: list[str] | None = None) -> int:
         with tensorflow_chatter_filtered():
             if args.predict:
                 return predict(args)
+            if args.serve:
+                return serve(args)
             run(args, started)
-    except (DataError, OutputError) as error:
+    except (DataError, OutputError, ServeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

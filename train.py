@@ -1592,14 +1592,14 @@ def serve(args: argparse.Namespace) -> int:
                              "or choose another with --port N (--port 0 takes any free port)") from None
         raise ServeError(f"cannot serve on {args.host} port {args.port}: {error.strerror or error}") from None
     with server:
-        host, port = server.server_address[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
-        with contextlib.suppress(ValueError):
-            if not ipaddress.ip_address(host).is_loopback:
-                warn(f"serving on {host}: anyone who can reach this computer on port {port} "
-                     "can use the page and the API")
         try:
+            host, port = server.server_address[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+            with contextlib.suppress(ValueError):
+                if not ipaddress.ip_address(host).is_loopback:
+                    warn(f"serving on {host}: anyone who can reach this computer on port {port} "
+                         "can use the page and the API")
             server.serve_forever()
         except KeyboardInterrupt:
             print("Stopped.", file=sys.stderr)
@@ -1610,7 +1610,7 @@ def serve(args: argparse.Namespace) -> int:
 # Main
 # -----------------------------------------------------------------------------
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    sys.stderr.write(f"warning: {message}\n")  # one write: a signal cannot split the line
 
 
 def run(args: argparse.Namespace, started: float) -> None:

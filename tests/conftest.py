@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -70,6 +73,41 @@ def model_file(tmp_path_factory, synthetic_npz) -> Path:
     done = run_train("--data", data, "--epochs", "1", "--output-dir", out, "--quiet")
     assert done.returncode == 0, done.stderr
     return out / "model.h5"
+
+
+class Server(NamedTuple):
+    process: subprocess.Popen
+    url: str
+    port: int
+
+
+def start_server(*args: str | Path) -> Server:
+    """train.py --serve in a fresh process on a free port, returned once it says where it listens."""
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--port", "0", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    match = re.match(r"Draw digits at (http://[^/]+:(\d+)/) \(Ctrl-C to stop\)$", line.strip())
+    if not match:
+        process.kill()
+        raise AssertionError(f"the server did not start: {line!r} {process.stderr.read()}")
+    return Server(process, match.group(1), int(match.group(2)))
+
+
+def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:
+    """Stop the server with the signal `how`; its exit code and everything it wrote on stderr."""
+    server.process.send_signal(how)
+    _, err = server.process.communicate(timeout=30)
+    return server.process.returncode, err
+
+
+@pytest.fixture(scope="session")
+def server(model_file):
+    """One server for the tests that only send it requests."""
+    running = start_server("--model", model_file)
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.communicate()
 
 
 def run_train(*args: str | Path, env: dict[str, str] | None = None,

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import gzip
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import platform
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -60,11 +62,13 @@ MODEL_FILE = "model.h5"
 DIAGRAM_FILE = "model_architecture.png"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # figures recorded per epoch
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")  # recorded per epoch
 HISTORY_FIGURE = "training_history.png"
 CONFUSION_FIGURE = "confusion_matrix.png"
 MISTAKES_FIGURE = "misclassified.png"
 TENSORBOARD_DIR = "logs"
+OUTPUT_FILES = (MODEL_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FIGURE, CONFUSION_FIGURE,
+                MISTAKES_FIGURE)
 
 WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera was held
@@ -105,9 +109,23 @@ SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone pho
 SERVE_TIMEOUT_SECONDS = 10  # a connection silent for this long is closed
 SERVE_READERS = 4  # pictures decoded at once, at most
 
+STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # all stop a run as Ctrl-C does
+
 EXIT_ERROR = 1
-# (usage errors exit with 2, argparse's own code)
+EXIT_USAGE = 2  # argparse's own code
 EXIT_INTERRUPTED = 130
+
+MODE_NAMES = {"train": "when training", "predict": "with --predict", "serve": "with --serve"}
+OPTION_MODES = {  # options that mean something in some modes only
+    **{option: ("train",) for option in ("--data", "--epochs", "--batch-size", "--validation-split",
+                                         "--lr-schedule", "--seed", "--tensorboard")},
+    "--model": ("predict", "serve"),
+    "--save-preprocessed": ("predict",),
+    "--format": ("predict",),
+    "--host": ("serve",),
+    "--port": ("serve",),
+}
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -118,6 +136,21 @@ IDX_FILES = {  # the names the original MNIST files are distributed under
     "y_test": "t10k-labels-idx1-ubyte",
 }
 GRAPHVIZ_INSTALL = "apt-get install graphviz, brew install graphviz or conda install graphviz"
+
+# A log level the user set is kept, and TF_CPP_MIN_LOG_LEVEL=0 (every message) turns the filter
+# below off; otherwise TensorFlow logs warnings and errors only. Set before TensorFlow is imported.
+ALL_TENSORFLOW_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+# The forwarder of stderr: a separate process, so that what a dying process wrote still arrives.
+FORWARD_STDERR = """
+import re, sys
+chatter = re.compile(sys.argv[1])
+for line in sys.stdin.buffer:
+    if not chatter.search(line.decode(errors="replace")):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
 
 # Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
 # logging is not set up when they are printed). Anything else still gets through.
@@ -188,11 +221,14 @@ def open_fraction(text: str) -> float:
     return value
 
 
-def any_int(text: str) -> int:
+def seed_number(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1:,}, got {value}")
+    return value
 
 
 def port_number(text: str) -> int:
@@ -205,10 +241,19 @@ def port_number(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line with a pointer to --help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (python train.py --help lists the options)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    argv = sys.argv[1:] if argv is None else argv
+    parser = OneLineParser(
+        allow_abbrev=False,  # --epoch is a typo, not --epochs
         description="Train a digit classifier on MNIST and save it as model.h5, "
-                    "or classify your own pictures of digits with --predict.")
+                    "classify your own pictures of digits with --predict, or draw them with --serve.")
     parser.add_argument("--data", type=Path, metavar="PATH",
                         help="local MNIST: a Keras-format mnist.npz, or a folder with the four "
                              "original IDX files (optionally .gz) (default: download with Keras)")
@@ -222,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=LR_SCHEDULE,
                         help="Adam's learning rate: cosine decay from 0.002 to 0 over the run, "
                              "or a constant 0.001 as in the plain recipe (default: %(default)s)")
-    parser.add_argument("--seed", type=any_int, default=SEED, metavar="N",
+    parser.add_argument("--seed", type=seed_number, default=SEED, metavar="N",
                         help="random seed: the same seed gives the same model on the same machine "
                              "(default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=Path(OUTPUT_DIR), metavar="DIR",
@@ -251,26 +296,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serving.add_argument("--port", type=port_number, metavar="N",
                          help=f"port to serve on; 0 takes any free one (default: {SERVE_PORT})")
     args = parser.parse_args(argv)
-    problem = output_dir_problem(args.output_dir)
-    if problem:
-        parser.error(f"argument --output-dir: {problem}")
-    if args.save_preprocessed is not None:
-        if args.predict is None:
-            parser.error("argument --save-preprocessed: only with --predict")
-        problem = output_dir_problem(args.save_preprocessed)
-        if problem:
-            parser.error(f"argument --save-preprocessed: {problem}")
+    args.mode = "predict" if args.predict is not None else "serve" if args.serve else "train"
     if args.predict is not None and args.serve:
         parser.error("argument --serve: not with --predict")
-    for name in ("host", "port"):
-        if getattr(args, name) is not None and not args.serve:
-            parser.error(f"argument --{name}: only with --serve")
+    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    for option, modes in OPTION_MODES.items():
+        if option in given and args.mode not in modes:
+            parser.error(f"argument {option}: only {' or '.join(MODE_NAMES[mode] for mode in modes)}")
     args.host = SERVE_HOST if args.host is None else args.host
     args.port = SERVE_PORT if args.port is None else args.port
-    if args.model is not None and args.predict is None and not args.serve:
-        parser.error("argument --model: only with --predict or --serve")
-    if args.format != "text" and args.predict is None:
-        parser.error("argument --format: only with --predict")
+    for option, folder in (("--output-dir", args.output_dir if args.mode == "train" else None),
+                           ("--save-preprocessed", args.save_preprocessed)):
+        problem = folder is not None and output_dir_problem(folder)
+        if problem:
+            parser.error(f"argument {option}: {problem}")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("argument --tensorboard: the tensorboard package is not installed "
                      "(pip install tensorboard)")
@@ -288,6 +327,9 @@ def output_dir_problem(path: Path) -> str | None:
         return f"{existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    for name in OUTPUT_FILES:  # never replace what the run did not make
+        if (path / name).exists() and not (path / name).is_file():
+            return f"{path / name} is not a file; move it away, or choose another --output-dir"
     return None
 
 
@@ -305,6 +347,8 @@ def load_mnist(data: Path | None) -> Mnist:
     elif data.is_file():
         arrays, where = read_npz(data), {name: f"{data}: {name}" for name in ARRAY_NAMES}
         source = str(data)
+    elif data.exists():
+        raise DataError(f"{data}: not a regular file or folder")
     else:
         raise DataError(f"{data}: no such file or folder")
     check_mnist(arrays, where)
@@ -395,11 +439,16 @@ def check_mnist(arrays: dict[str, np.ndarray], where: dict[str, str]) -> None:
             raise DataError(f"{at_labels} has shape {labels.shape} and type {labels.dtype}; "
                             "expected one integer label per image")
         if len(labels) != len(images):
-            raise DataError(f"{at_images} has {len(images)} images but {at_labels} "
-                            f"has {len(labels)} labels")
+            raise DataError(f"{at_images} has {len(images):,} images but {at_labels} "
+                            f"has {len(labels):,} labels")
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= NUM_CLASSES:
             raise DataError(f"{at_labels} has labels from {low} to {high}; expected digits 0-9")
+
+
+def image_count(count: int, kind: str = "training") -> str:
+    """`count` images in words: '1 training image', '48,000 training images'."""
+    return f"{count:,} {kind} image{'' if count == 1 else 's'}"
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -410,9 +459,9 @@ def normalize(images: np.ndarray) -> np.ndarray:
 def split_validation(mnist: Mnist, fraction: float) -> Split:
     """Hold out the last `fraction` of the training images, exactly as Keras's validation_split does."""
     total = len(mnist.x_train)
-    cut = int(np.ceil(total * (1 - fraction)))
+    cut = int(np.floor(total * (1 - fraction)))  # Keras: int(num_samples * (1 - validation_split))
     if cut == 0 or cut == total:
-        raise DataError(f"{mnist.source}: {total} training images are too few to hold out "
+        raise DataError(f"{mnist.source}: too few training images ({total:,}) to hold out "
                         f"{fraction:g} of them for validation")
     return Split(mnist.x_train[:cut], mnist.y_train[:cut], mnist.x_train[cut:], mnist.y_train[cut:],
                  mnist.x_test, mnist.y_test)
@@ -426,34 +475,33 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
     """Pass stderr through a filter that drops TensorFlow's C++ chatter and keeps everything else.
 
     The C++ runtime writes straight to file descriptor 2, so the filter sits on the descriptor:
-    a pipe, read line by line by a thread that forwards what is worth reading.
+    a pipe, read line by line by a small separate process that forwards what is worth reading.
+    Being a process of its own, it forwards what is still in the pipe even when this one dies
+    (a fatal error, an abort, faulthandler's traceback), then ends. A user who set
+    TF_CPP_MIN_LOG_LEVEL=0 asked for all of TensorFlow's messages: then nothing is filtered.
     """
+    if ALL_TENSORFLOW_LOGS:
+        yield
+        return
     sys.stderr.flush()
     real_stderr = os.dup(2)
     read_end, write_end = os.pipe()
+    forwarder = subprocess.Popen([sys.executable, "-S", "-c", FORWARD_STDERR, TENSORFLOW_CHATTER.pattern],
+                                 stdin=read_end, stdout=real_stderr, stderr=subprocess.DEVNULL)
+    os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-
-    def forward() -> None:
-        with open(read_end, "rb") as pipe, open(real_stderr, "wb", buffering=0, closefd=False) as out:
-            for line in pipe:
-                if not TENSORFLOW_CHATTER.search(line.decode(errors="replace")):
-                    out.write(line)
-
-    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    forwarder.start()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(real_stderr, 2)  # closes the pipe's last write end: the forwarder sees EOF
-        forwarder.join()
+        os.dup2(real_stderr, 2)  # closes the pipe's last write end: the forwarder sees the end
+        forwarder.wait()
         os.close(real_stderr)
 
 
 def start_tensorflow(seed: int) -> None:
     """Import TensorFlow (through Keras) and make every random choice follow `seed`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -476,6 +524,17 @@ def build_model():
         ],
         name="mnist_dense",
     )
+
+
+def architecture_lines(model) -> list[str]:
+    """The layers, their output shapes and parameter counts, as model.summary() gives them, in plain lines."""
+    lines = [f"Model {model.name}: {model.count_params():,} parameters"]
+    for layer in model.layers:
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        kind = type(layer).__name__ + (f"({layer.units}, {activation})" if hasattr(layer, "units") else "")
+        lines.append(f"  {layer.name:<8} {kind:<20} output {str(tuple(layer.output.shape)):<12} "
+                     f"{layer.count_params():>7,} parameters")
+    return lines
 
 
 def make_optimizer(schedule: str, total_steps: int):
@@ -573,14 +632,14 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
 
 
 def progress_reporter(epochs: int, quiet: bool) -> Callable[[int, dict, float], None]:
-    """A progress bar over the epochs on a terminal; one plain line per epoch in logs and pipes."""
-    import keras
-
+    """One line per epoch in logs and pipes; on a terminal the same line, rewritten in place."""
     if quiet:
         return lambda epoch, logs, seconds: None
     if sys.stdout.isatty():
-        bar = keras.utils.Progbar(epochs, unit_name="epoch", stateful_metrics=HISTORY_KEYS)
-        return lambda epoch, logs, seconds: bar.update(epoch + 1, list(logs.items()))
+        def rewrite(epoch: int, logs: dict, seconds: float) -> None:
+            end = "\n" if epoch + 1 == epochs else ""
+            print(f"\r\033[K{epoch_line(epoch, epochs, logs, seconds)}", end=end, flush=True)
+        return rewrite
     return lambda epoch, logs, seconds: print(epoch_line(epoch, epochs, logs, seconds), flush=True)
 
 
@@ -590,7 +649,8 @@ def history_callbacks(args: argparse.Namespace, logs: Path):
 
     callbacks = [keras.callbacks.CSVLogger(str(logs / HISTORY_FILE))]
     if args.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs / TENSORBOARD_DIR)))
+        run = time.strftime("run-%Y%m%d-%H%M%S")  # TensorBoard's convention: a sub-folder per run, all kept
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs / TENSORBOARD_DIR / run)))
     return callbacks
 
 
@@ -612,11 +672,12 @@ def train(model, data: Split, args: argparse.Namespace, logs: Path) -> dict[str,
     callbacks.on_train_begin()
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        callbacks.on_epoch_begin(epoch)
+        callbacks.on_epoch_begin(epoch + 1)
+        learning_rate = float(model.optimizer.learning_rate)  # where this epoch starts
         loss, accuracy = train_epoch(epoch_order(rng, len(data.x_train), args.batch_size))
         val_loss, val_accuracy = score(x_val, y_val)
-        results = dict(zip(HISTORY_KEYS, map(float, (loss, accuracy, val_loss, val_accuracy))))
-        callbacks.on_epoch_end(epoch, results)
+        results = dict(zip(HISTORY_KEYS, map(float, (loss, accuracy, val_loss, val_accuracy, learning_rate))))
+        callbacks.on_epoch_end(epoch + 1, results)  # epochs count from 1 here as everywhere else
         for key, value in results.items():
             history[key].append(value)
         report_progress(epoch, results, time.perf_counter() - started)
@@ -645,18 +706,27 @@ def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes=NUM_CLASSES).numpy()
     loss, _ = loss_and_correct(probabilities, labels)
     hits, support, claimed = confusion.diagonal(), confusion.sum(axis=1), confusion.sum(axis=0)
-    precision = np.divide(hits, claimed, out=np.zeros(NUM_CLASSES), where=claimed > 0)
-    recall = np.divide(hits, support, out=np.zeros(NUM_CLASSES), where=support > 0)
+    precision = np.divide(hits, claimed, out=np.full(NUM_CLASSES, np.nan), where=claimed > 0)
+    recall = np.divide(hits, support, out=np.full(NUM_CLASSES, np.nan), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall,
-                   out=np.zeros(NUM_CLASSES), where=precision + recall > 0)
+                   out=np.full(NUM_CLASSES, np.nan), where=precision + recall > 0)
     return {
         "accuracy": float(hits.sum() / confusion.sum()),
         "loss": float(loss),
         "confusion_matrix": confusion.tolist(),
-        "per_class": {str(digit): {"precision": float(precision[digit]), "recall": float(recall[digit]),
-                                   "f1": float(f1[digit]), "support": int(support[digit])}
+        "per_class": {str(digit): {"precision": defined(precision[digit]), "recall": defined(recall[digit]),
+                                   "f1": defined(f1[digit]), "support": int(support[digit])}
                       for digit in range(NUM_CLASSES)},
     }
+
+
+def defined(value: float) -> float | None:
+    """A figure, or None (null in metrics.json, n/a on screen) where it is undefined: no images to count."""
+    return None if np.isnan(value) else float(value)
+
+
+def percent_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def calibration_report(model, data: Split, probabilities: np.ndarray, seed: int) -> dict:
@@ -762,11 +832,11 @@ def print_results(history: dict, report: dict) -> None:
     print(f"Test accuracy: {100 * report['accuracy']:.2f}%")
     print("Digit  precision  recall  support")
     for digit, figures in report["per_class"].items():
-        print(f"{digit:>5}  {100 * figures['precision']:>8.1f}%  {100 * figures['recall']:>5.1f}%"
-              f"  {figures['support']:>7}")
+        print(f"{digit:>5}  {percent_or_na(figures['precision']):>9}  {percent_or_na(figures['recall']):>6}"
+              f"  {figures['support']:>7,}")
     pairs = most_confused(report["confusion_matrix"])
     if pairs:
-        print("Most confused: " + ", ".join(f"{true} -> {predicted}: {times} times"
+        print("Most confused: " + ", ".join(f"{true} -> {predicted}: {times} time{'' if times == 1 else 's'}"
                                             for true, predicted, times in pairs))
 
 
@@ -802,6 +872,7 @@ def plot_history(history: dict, path: Path) -> None:
         panel.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
         panel.set(title=title, xlabel="epoch", ylabel=metric)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        panel.set_xlim(0.5, len(epochs) + 0.5)
         panel.grid(alpha=0.3)
         panel.legend()
     figure.savefig(path, dpi=100)
@@ -868,44 +939,118 @@ def writing_to(output_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise OutputError(f"could not write the outputs to {output_dir}: {error}") from None
+        if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
+            raise OutputError(f"could not write the outputs to {output_dir}: the disk is full; "
+                              "the previous outputs are as they were") from None
+        reason = error.strerror or str(error).splitlines()[0]
+        raise OutputError(f"could not write the outputs to {output_dir}: {reason}; "
+                          "the previous outputs are as they were") from None
 
 
 class Staging:
-    """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was."""
+    """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was.
+
+    The outputs are written into it and then moved into place as one set: all new or, if anything
+    goes wrong part-way, all old again. A staging folder is named after the process that owns it,
+    so that one left behind by a run that was killed outright is cleaned up by the next.
+    """
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
-        self.created_output_dir = False
+        self.created: list[Path] = []  # folders this run made, deepest last
         self.path = output_dir
 
     def __enter__(self) -> "Staging":
         with writing_to(self.output_dir):
-            if not self.output_dir.exists():
-                self.output_dir.mkdir(parents=True)
-                self.created_output_dir = True
-            self.path = Path(tempfile.mkdtemp(prefix=".train-", dir=self.output_dir))
+            missing = [folder for folder in (self.output_dir, *self.output_dir.parents) if not folder.exists()]
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.created.append(folder)
+            remove_stale_staging(self.output_dir)
+            self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
         return self
 
     def publish(self) -> list[str]:
-        """Move every staged file into the output folder; Ctrl-C waits until this is done."""
+        """Move every staged output into place as one set; signals wait until it is done, errors undo it."""
         names = sorted(entry.name for entry in self.path.iterdir())
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for name in names:
-                target = self.output_dir / name
-                if target.is_dir():  # a folder cannot be replaced in one step: set the old one aside
-                    os.replace(target, self.path / f".previous-{name}")
-                os.replace(self.path / name, target)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        aside = self.path / ".previous"
+        aside.mkdir()
+        moved: list[tuple[Path, Path]] = []  # (from, to), to undo in reverse
+        with signals_deferred(), interrupted_after_saving():
+            try:
+                for name in names:
+                    source, target = self.path / name, self.output_dir / name
+                    if name == TENSORBOARD_DIR and target.is_dir():  # earlier runs' logs are kept
+                        for run in source.iterdir():
+                            os.replace(run, target / run.name)
+                            moved.append((run, target / run.name))
+                        continue
+                    if target.exists():
+                        os.replace(target, aside / name)
+                        moved.append((target, aside / name))
+                    os.replace(source, target)
+                    moved.append((source, target))
+            except OSError:
+                for source, target in reversed(moved):
+                    with contextlib.suppress(OSError):
+                        os.replace(target, source)
+                raise
         return names
 
     def __exit__(self, error_type, error, traceback) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        if error_type is not None and self.created_output_dir:
-            with contextlib.suppress(OSError):
-                self.output_dir.rmdir()
+        if error_type is not None:
+            for folder in reversed(self.created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+class InterruptedAfterSaving(KeyboardInterrupt):
+    """Stopped by a signal that waited for the outputs to be moved into place: they are all saved."""
+
+
+@contextlib.contextmanager
+def interrupted_after_saving() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:  # raised only once the deferred signal is let through, after the moves
+        raise InterruptedAfterSaving from None
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Remove staging folders whose run is no longer alive (killed with SIGKILL, or a power cut)."""
+    for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
+        owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if folder.is_dir() and not (owner.isdigit() and process_alive(int(owner))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C, kill and a closed terminal until the block is done; they arrive after it."""
+    stopping = [sig for sig in STOP_SIGNALS if sig is not None]
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks; ignore Ctrl-C meanwhile
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
 def draw_architecture(model, path: Path) -> None:
@@ -917,9 +1062,18 @@ def draw_architecture(model, path: Path) -> None:
              f"install Graphviz ({GRAPHVIZ_INSTALL}) to get it")
         return
     try:
-        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True)
+        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True,
+                               show_layer_activations=True, show_trainable=True)
     except ImportError as error:  # pydot missing, or a Graphviz that does not run
         warn(f"{path.name} was not drawn: {error}")
+
+
+def previous_test_accuracy(output_dir: Path) -> float | None:
+    """The test accuracy of the model already in `output_dir`, from the metrics.json beside it."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if (output_dir / MODEL_FILE).is_file():
+            return float(json.loads((output_dir / METRICS_FILE).read_text())["test_accuracy"])
+    return None
 
 
 def save_model(model, path: Path, temperature: float) -> None:
@@ -1304,8 +1458,11 @@ def centre_by_mass(digit: np.ndarray, field: int) -> np.ndarray:
 
 
 def load_trained_model(path: Path):
+    import h5py
     import keras
 
+    if path.suffix == ".keras" and h5py.is_hdf5(path):
+        raise DataError(f"{path}: an HDF5 model (Keras's .h5 format) named .keras; rename it to end in .h5")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # h5py, Keras and zip all raise their own kinds
@@ -1314,6 +1471,14 @@ def load_trained_model(path: Path):
         raise DataError(f"{path}: this model takes {model.input_shape} and gives {model.output_shape}; "
                         "expected 28x28 images in and 10 digit probabilities out")
     return model
+
+
+def check_model_file(path: Path) -> None:
+    """Say what is wrong with the model file before seconds are spent starting TensorFlow."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a model file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file; train one first with: python train.py")
 
 
 class Recognizer:
@@ -1327,24 +1492,28 @@ class Recognizer:
         self.model_path = model_path
         self.model = load_trained_model(model_path)
         self.temperature = model_temperature(model_path)
+        if self.temperature is None:
+            warn(f"{model_path} holds no confidence calibration (it was not trained by this script): "
+                 "the confidence printed is the model's own, often too sure")
         self.lock = threading.Lock()
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """The calibrated probabilities of the ten digits, one row per 28x28 input."""
         with self.lock:
             raw = self.model.predict_on_batch(np.stack(images))
-        return calibrated(raw, self.temperature)
+        return calibrated(raw, self.temperature or 1.0)
 
 
-def model_temperature(path: Path) -> float:
-    """The confidence calibration saved with the model by training; 1 (none) for a model from elsewhere."""
+def model_temperature(path: Path) -> float | None:
+    """The confidence calibration saved with the model by training; None for a model from elsewhere."""
     import h5py
 
     try:
         with h5py.File(path, "r") as file:
-            return float(file.attrs.get(TEMPERATURE_ATTRIBUTE, 1.0))
+            value = file.attrs.get(TEMPERATURE_ATTRIBUTE)
     except OSError:  # not HDF5 (a .keras file): no calibration to read
-        return 1.0
+        return None
+    return None if value is None else float(value)
 
 
 def pictures_in(paths: list[Path]) -> list[Path]:
@@ -1399,8 +1568,7 @@ def answer_json(path: Path, row: np.ndarray | None, notes: list[str], error: str
 def predict(args: argparse.Namespace) -> int:
     """Classify each picture, in order: one line each; 1 if any picture could not be read."""
     model_path = args.model or args.output_dir / MODEL_FILE
-    if not model_path.is_file():  # say so before spending seconds on starting TensorFlow
-        raise DataError(f"{model_path}: no such model file; train one first with: python train.py")
+    check_model_file(model_path)
     pictures = pictures_in(args.predict)
     readings, errors = {}, {}
     for path in pictures:
@@ -1573,8 +1741,7 @@ def serve(args: argparse.Namespace) -> int:
     import socket
 
     model_path = args.model or args.output_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: no such model file; train one first with: python train.py")
+    check_model_file(model_path)
     page, policy = page_with_policy(model_path)
     start_tensorflow(SEED)
     recognizer = Recognizer(model_path)
@@ -1621,13 +1788,15 @@ def run(args: argparse.Namespace, started: float) -> None:
     mnist = load_mnist(args.data)
     data = split_validation(mnist, args.validation_split)
     if len(data.x_train) < args.batch_size:
-        raise DataError(f"{mnist.source}: {len(data.x_train)} training images are fewer than "
-                        f"one batch (--batch-size {args.batch_size})")
+        raise DataError(f"{mnist.source}: fewer training images ({len(data.x_train):,}, after holding out "
+                        f"the validation images) than one batch (--batch-size {args.batch_size:,})")
     if not args.quiet:  # something to read while TensorFlow starts
         print(f"Data: {mnist.source}: {len(data.x_train):,} training, {len(data.x_val):,} validation "
-              f"and {len(data.x_test):,} test images", flush=True)
+              f"and {image_count(len(data.x_test), 'test')}", flush=True)
     start_tensorflow(args.seed)
     model = build_model()
+    if not args.quiet:
+        print("\n".join(architecture_lines(model)))
 
     with Staging(args.output_dir) as staging:
         fit_started = time.perf_counter()
@@ -1647,15 +1816,48 @@ def run(args: argparse.Namespace, started: float) -> None:
             write_json(staging.path / METRICS_FILE,
                        metrics_report(args, mnist.source, history, report, calibration,
                                       wall_seconds, fit_seconds))
+            previous = previous_test_accuracy(args.output_dir)
             written = staging.publish()
     print(f"Saved {', '.join(written)} in {args.output_dir.resolve()} "
           f"(training {fit_seconds:.1f} s, whole run {wall_seconds:.1f} s)")
+    if previous is not None and previous > report["accuracy"]:
+        print(f"Note: the {MODEL_FILE} this replaced was more accurate on the test set "
+              f"({100 * previous:.2f}% against {100 * report['accuracy']:.2f}% now)")
+
+
+class ClosedPipeTolerant(io.TextIOBase):
+    """stdout that goes quiet when its reader has gone (`| head`), instead of losing the run."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.reader_gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                self.stream.write(text)
+                if "\n" in text or self.stream.isatty():
+                    self.stream.flush()
+            except BrokenPipeError:
+                self.reader_gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.reader_gone = True
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
+    for stopping in STOP_SIGNALS[1:]:  # `kill` and a closed terminal stop as cleanly as Ctrl-C
+        if stopping is not None:
+            signal.signal(stopping, signal.default_int_handler)
     try:
         with tensorflow_chatter_filtered():
             if args.predict:
@@ -1666,14 +1868,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, OutputError, ServeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except InterruptedAfterSaving:
+        print(f"\nInterrupted after every output was saved in {args.output_dir}.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        done = "." if args.predict else f": nothing was saved; {args.output_dir} is as it was."
+        done = "." if args.mode != "train" else f": nothing was saved; {args.output_dir} is as it was."
         print(f"\nInterrupted{done}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
 
 if __name__ == "__main__":
+    sys.stdout = ClosedPipeTolerant(sys.stdout)
     exit_code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -89,7 +89,8 @@ def test_training_reports_loss_and_accuracy_per_epoch(tmp_path):
     keras.utils.set_random_seed(0)
     model = train.build_model()
     history = train.train(model, split, args, logs=tmp_path)
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert history["learning_rate"][0] == pytest.approx(0.002) and history["learning_rate"][1] < 0.002
     assert all(len(values) == 2 for values in history.values())
     assert int(model.optimizer.iterations) == 2 * (320 // 32)
     assert len((tmp_path / train.HISTORY_FILE).read_text().splitlines()) == 1 + 2  # header, 2 epochs

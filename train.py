@@ -863,20 +863,27 @@ def draw_figures(folder: Path, history: dict, report: dict, images: np.ndarray,
 
 def plot_history(history: dict, path: Path) -> None:
     from matplotlib import pyplot as plt
+
+    figure = history_figure(history)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def history_figure(history: dict):
+    from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     epochs = range(1, len(history["loss"]) + 1)
     figure, panels = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for panel, metric, title in zip(panels, ("loss", "accuracy"), ("Loss", "Accuracy")):
-        panel.plot(epochs, history[metric], "o-", label="training")
-        panel.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
-        panel.set(title=title, xlabel="epoch", ylabel=metric)
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for panel, metric, title, scale in zip(panels, ("loss", "accuracy"), ("Loss", "Accuracy"), (1, 100)):
+        panel.plot(epochs, scale * np.array(history[metric]), "o-", label="training")
+        panel.plot(epochs, scale * np.array(history[f"val_{metric}"]), "o-", label="validation")
+        panel.set(title=title, xlabel="epoch", ylabel="accuracy (%)" if scale == 100 else metric)
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         panel.set_xlim(0.5, len(epochs) + 0.5)
         panel.grid(alpha=0.3)
         panel.legend()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
 
 
 def plot_confusion(confusion: list[list[int]], path: Path) -> None:
@@ -976,26 +983,34 @@ class Staging:
         aside = self.path / ".previous"
         aside.mkdir()
         moved: list[tuple[Path, Path]] = []  # (from, to), to undo in reverse
-        with signals_deferred(), interrupted_after_saving():
-            try:
-                for name in names:
-                    source, target = self.path / name, self.output_dir / name
-                    if name == TENSORBOARD_DIR and target.is_dir():  # earlier runs' logs are kept
-                        for run in source.iterdir():
-                            os.replace(run, target / run.name)
-                            moved.append((run, target / run.name))
-                        continue
-                    if target.exists():
-                        os.replace(target, aside / name)
-                        moved.append((target, aside / name))
-                    os.replace(source, target)
-                    moved.append((source, target))
-            except OSError:
-                for source, target in reversed(moved):
-                    with contextlib.suppress(OSError):
-                        os.replace(target, source)
-                raise
+        try:
+            with signals_deferred():
+                try:
+                    for name in names:
+                        moved += self.move_into_place(name, aside)
+                except OSError:
+                    for source, target in reversed(moved):
+                        with contextlib.suppress(OSError):
+                            os.replace(target, source)
+                    raise
+        except KeyboardInterrupt:  # a signal that waited for the move: every output is in place
+            raise InterruptedAfterSaving from None
         return names
+
+    def move_into_place(self, name: str, aside: Path) -> list[tuple[Path, Path]]:
+        """Move one staged output into the output folder, setting aside what it replaces; the moves made."""
+        source, target = self.path / name, self.output_dir / name
+        moved = []
+        if name == TENSORBOARD_DIR and target.is_dir():  # earlier runs' logs are kept beside this run's
+            for run in source.iterdir():
+                os.replace(run, target / run.name)
+                moved.append((run, target / run.name))
+            return moved
+        if target.exists():
+            os.replace(target, aside / name)
+            moved.append((target, aside / name))
+        os.replace(source, target)
+        return moved + [(source, target)]
 
     def __exit__(self, error_type, error, traceback) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -1003,6 +1018,47 @@ class Staging:
             for folder in reversed(self.created):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+class InterruptedAfterSaving(KeyboardInterrupt):
+    """Stopped by a signal that waited for the outputs to be moved into place: they are all saved."""
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Remove staging folders whose run is no longer alive (killed with SIGKILL, or a power cut)."""
+    for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
+        owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if folder.is_dir() and not (owner.isdigit() and process_alive(int(owner))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C, kill and a closed terminal until the block is done; then stop as they asked.
+
+    Their handlers only take note meanwhile (Python runs handlers in the main thread, whichever
+    thread the signal reached), and a signal noted is raised as KeyboardInterrupt after the block.
+    """
+    noted: list[int] = []
+    stopping = [sig for sig in STOP_SIGNALS if sig is not None]
+    previous = {sig: signal.signal(sig, lambda number, frame: noted.append(number)) for sig in stopping}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if noted:
+        raise KeyboardInterrupt
 
 
 class InterruptedAfterSaving(KeyboardInterrupt):
@@ -1033,24 +1089,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back Ctrl-C, kill and a closed terminal until the block is done; they arrive after it."""
-    stopping = [sig for sig in STOP_SIGNALS if sig is not None]
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks; ignore Ctrl-C meanwhile
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
 def draw_architecture(model, path: Path) -> None:

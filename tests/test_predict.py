@@ -30,12 +30,40 @@ def drawn_digit(size: int = 280, width: int = 24) -> np.ndarray:
 
 
 def mnist_digits() -> list[np.ndarray]:
-    """A few real MNIST test digits when MNIST_NPZ is set, else a drawn digit in MNIST's form."""
+    """A few real MNIST test digits when MNIST_NPZ is set, else digits drawn straight in MNIST's form."""
     path = os.environ.get("MNIST_NPZ")
     if path and Path(path).is_file():
         with np.load(path) as data:
             return [data["x_test"][i] for i in (0, 1, 2, 3, 4, 7, 11, 18, 61, 84)]
-    return [np.uint8(np.round(255 * read(drawn_digit() / 255)))]
+    return [mnist_form(strokes) for strokes in HAND_DRAWN]
+
+
+# Digits as pen strokes in a 20x20 box (x, y), drawn without any of train.py's code.
+HAND_DRAWN = [
+    [[(2, 1), (18, 1), (8, 19)]],  # 7
+    [[(10, 0), (10, 19)]],  # 1
+    [[(2, 5), (8, 0), (15, 3), (12, 10), (2, 19), (18, 19)]],  # 2
+    [[(14, 0), (2, 12), (18, 12)], [(13, 5), (13, 19)]],  # 4
+    [[(17, 1), (3, 1), (3, 9), (14, 9), (17, 14), (13, 19), (2, 18)]],  # 5
+]
+
+
+def mnist_form(strokes) -> np.ndarray:
+    """Strokes drawn 8 times larger, shrunk to fit 20x20 and centred in 28x28 by centre of mass (uint8)."""
+    big = Image.new("L", (160, 160), 0)
+    draw = ImageDraw.Draw(big)
+    for stroke in strokes:
+        draw.line([(8 * x, 8 * y) for x, y in stroke], fill=255, width=18, joint="curve")
+    crop = big.crop(big.getbbox())
+    scale = 20 / max(crop.size)
+    box = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.LANCZOS)
+    ink = np.asarray(box, np.float64)
+    rows, columns = np.indices(ink.shape)
+    top = round(14 - (rows * ink).sum() / ink.sum())
+    left = round(14 - (columns * ink).sum() / ink.sum())
+    field = np.zeros((28, 28), np.uint8)
+    field[top:top + box.height, left:left + box.width] = box
+    return field
 
 
 def render(digit: np.ndarray, variant: str) -> bytes:

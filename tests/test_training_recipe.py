@@ -43,7 +43,8 @@ def test_the_order_follows_the_seed():
                               epoch_orders(500, 10, seed=2, epochs=1)[0])
 
 
-def test_the_compiled_epoch_makes_the_same_updates_as_plain_mini_batch_adam():
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_compiled_epoch_makes_the_same_updates_as_plain_mini_batch_adam(schedule):
     data = synthetic_mnist(n_train=640, n_test=10)
     images, labels = data["x_train"], data["y_train"]
     order = epoch_orders(len(images), batch_size=32, seed=0, epochs=1)[0]
@@ -52,10 +53,10 @@ def test_the_compiled_epoch_makes_the_same_updates_as_plain_mini_batch_adam():
     fast = train.build_model()
     plain = keras.models.clone_model(fast)
     plain.set_weights(fast.get_weights())
-    train.compile_model(fast, keras.optimizers.Adam(0.001))
+    train.compile_model(fast, train.make_optimizer(schedule, total_steps=len(order)))
     loss, accuracy = train.make_epoch_trainer(fast, images, labels)(order)
 
-    train.compile_model(plain, keras.optimizers.Adam(0.001))
+    train.compile_model(plain, train.make_optimizer(schedule, total_steps=len(order)))
     plain_losses, plain_correct = [], 0
     for batch in order:
         x, y = train.normalize(images[batch]), labels[batch]

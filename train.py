@@ -201,14 +201,19 @@ class Split(NamedTuple):
 # -----------------------------------------------------------------------------
 # Command line
 # -----------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`), or one line saying what is wrong."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:,}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {value}")
+        return value
+    return parse
 
 
 def open_fraction(text: str) -> float:
@@ -218,26 +223,6 @@ def open_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
-def seed_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1:,}, got {value}")
-    return value
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
     return value
 
 
@@ -257,9 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, metavar="PATH",
                         help="local MNIST: a Keras-format mnist.npz, or a folder with the four "
                              "original IDX files (optionally .gz) (default: download with Keras)")
-    parser.add_argument("--epochs", type=positive_int, default=EPOCHS, metavar="N",
+    parser.add_argument("--epochs", type=whole_number(1), default=EPOCHS, metavar="N",
                         help="passes over the training images (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, metavar="N",
+    parser.add_argument("--batch-size", type=whole_number(1), default=BATCH_SIZE, metavar="N",
                         help="images per training step (default: %(default)s)")
     parser.add_argument("--validation-split", type=open_fraction, default=VALIDATION_SPLIT, metavar="F",
                         help="fraction of the training images held out for validation, "
@@ -267,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=LR_SCHEDULE,
                         help="Adam's learning rate: cosine decay from 0.002 to 0 over the run, "
                              "or a constant 0.001 as in the plain recipe (default: %(default)s)")
-    parser.add_argument("--seed", type=seed_number, default=SEED, metavar="N",
+    parser.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=SEED, metavar="N",
                         help="random seed: the same seed gives the same model on the same machine "
                              "(default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=Path(OUTPUT_DIR), metavar="DIR",
@@ -293,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="serve a page where you draw digits and see the model read them")
     serving.add_argument("--host", metavar="ADDR",
                          help=f"address to serve on; 0.0.0.0 lets other computers in (default: {SERVE_HOST})")
-    serving.add_argument("--port", type=port_number, metavar="N",
+    serving.add_argument("--port", type=whole_number(0, 65535), metavar="N",
                          help=f"port to serve on; 0 takes any free one (default: {SERVE_PORT})")
     args = parser.parse_args(argv)
     args.mode = "predict" if args.predict is not None else "serve" if args.serve else "train"
@@ -1038,6 +1023,7 @@ def remove_stale_staging(output_dir: Path) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether a process with this id is running (signal 0 asks without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1064,36 +1050,6 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
     if noted:
         raise KeyboardInterrupt
-
-
-class InterruptedAfterSaving(KeyboardInterrupt):
-    """Stopped by a signal that waited for the outputs to be moved into place: they are all saved."""
-
-
-@contextlib.contextmanager
-def interrupted_after_saving() -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:  # raised only once the deferred signal is let through, after the moves
-        raise InterruptedAfterSaving from None
-
-
-def remove_stale_staging(output_dir: Path) -> None:
-    """Remove staging folders whose run is no longer alive (killed with SIGKILL, or a power cut)."""
-    for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
-        owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
-        if folder.is_dir() and not (owner.isdigit() and process_alive(int(owner))):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 def draw_architecture(model, path: Path) -> None:

@@ -120,7 +120,7 @@ def test_replacing_a_more_accurate_model_is_said(synthetic_npz, tmp_path, capsys
     assert train.main(["--data", str(synthetic_npz), "--epochs", "1", "--batch-size", "480",
                        "--output-dir", str(out)]) == 0  # two steps: a poor model
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith(f"Note: the model.h5 this replaced was more accurate on the test set (100.00% against ")
+    assert last.startswith("Note: the model.h5 this replaced was more accurate on the test set (100.00% against ")
 
 
 def test_an_interrupted_run_removes_every_folder_it_created(tmp_path):

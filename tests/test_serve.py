@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,7 +197,7 @@ def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--port", "70000", "--serve"], "--port: must be from 0 to 65535"),
+    (["--port", "70000", "--serve"], "--port: must be from 0 to 65,535"),
     (["--port", "80"], "--port: only with --serve"),
     (["--host", "0.0.0.0"], "--host: only with --serve"),
     (["--serve", "--predict", "a.png"], "--serve: not with --predict"),

@@ -5,7 +5,7 @@
 
 Starts the server on a free port with the trained model, warms it up, then runs --clients
 concurrent clients, each on its own keep-alive connection posting canvas-like drawings
-(280x280 PNGs of pen strokes, as the page sends them), until --requests answers in all:
+(PNGs of pen strokes, 140x140 as the page sends them), until --requests answers in all:
 first paced as the page paces itself while someone draws (a request at most every 150 ms),
 then as fast as answers come back. Prints answers per second, latency percentiles, errors,
 and the server's resident memory before and after each. Run by hand: pytest does not collect it, and it
@@ -31,11 +31,13 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 200
+SENT_SIZE = 140  # draw.html's SENT_SIZE: the pixels a side of what the page posts
 PAGE_PACE = 0.150  # seconds: draw.html's THROTTLE_MS, the most often a page asks while drawing
 
 
 def drawings(count: int, rng: np.random.Generator) -> list[bytes]:
-    """Canvas-like PNGs: a few random pen strokes, dark on light, as draw.html exports its pad."""
+    """Canvas-like PNGs: a few random pen strokes, dark on light, drawn on a 280x280 pad and sent at
+    140x140, as draw.html sends them."""
     made = []
     for _ in range(count):
         picture = Image.new("RGBA", (280, 280), (251, 250, 246, 255))
@@ -44,7 +46,7 @@ def drawings(count: int, rng: np.random.Generator) -> list[bytes]:
             points = [tuple(map(float, rng.uniform(50, 230, 2))) for _ in range(int(rng.integers(2, 6)))]
             draw.line(points, fill=(17, 17, 17, 255), width=20, joint="curve")
         buffer = io.BytesIO()
-        picture.save(buffer, "PNG")
+        picture.resize((SENT_SIZE, SENT_SIZE), Image.Resampling.BILINEAR).save(buffer, "PNG")
         made.append(buffer.getvalue())
     return made
 

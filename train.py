@@ -764,8 +764,9 @@ def varied_like_pictures(images: np.ndarray, rng: np.random.Generator) -> np.nda
     import tensorflow as tf
 
     count = len(images)
-    turn, scale, slant = (np.deg2rad(rng.uniform(-VARY_TURN, VARY_TURN, count)),
-                          rng.uniform(1 - VARY_SCALE, 1 + VARY_SCALE, count), rng.uniform(-VARY_SLANT, VARY_SLANT, count))
+    turn = np.deg2rad(rng.uniform(-VARY_TURN, VARY_TURN, count))
+    scale = rng.uniform(1 - VARY_SCALE, 1 + VARY_SCALE, count)
+    slant = rng.uniform(-VARY_SLANT, VARY_SLANT, count)
     shift = rng.uniform(-VARY_SHIFT, VARY_SHIFT, (count, 2))
     cos, sin = np.cos(turn) / scale, np.sin(turn) / scale
     xx, xy, yx, yy = cos, cos * slant - sin, sin, cos + sin * slant  # output pixel -> input pixel
@@ -1313,7 +1314,8 @@ def without_frames(strokes: np.ndarray) -> np.ndarray:
         band = max(2, round(FRAME_BAND * min(mark.shape)))
         if min(mark.shape) < 4 * band:
             continue
-        edges = (mark[:band].any(axis=0), mark[-band:].any(axis=0), mark[:, :band].any(axis=1), mark[:, -band:].any(axis=1))
+        edges = (mark[:band].any(axis=0), mark[-band:].any(axis=0),
+                 mark[:, :band].any(axis=1), mark[:, -band:].any(axis=1))
         if all(edge.mean() >= FRAME_EDGE_SHARE for edge in edges):
             ring = np.ones(mark.shape, bool)
             ring[band:-band, band:-band] = False
@@ -1655,9 +1657,10 @@ def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool):
         sys_version = ""
 
         def do_GET(self) -> None:
+            if self.path == "/predict":
+                return self.send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"})
             if self.path.split("?")[0] != "/":
-                return self.send_json(HTTPStatus.NOT_FOUND if self.path != "/predict" else HTTPStatus.METHOD_NOT_ALLOWED,
-                                      {"error": "no such page" if self.path != "/predict" else "use POST"})
+                return self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
             self.send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": policy})
 
         def do_POST(self) -> None:
@@ -1721,7 +1724,7 @@ def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool):
             if not quiet:
                 path = "".join(c if c.isprintable() else "?" for c in (getattr(self, "path", "") or "")[:200])
                 elapsed = 1000 * (time.perf_counter() - self.started)
-                print(f"{self.command or '-'} {path or '-'} {int(status)} {elapsed:.0f} ms", file=sys.stderr, flush=True)
+                sys.stderr.write(f"{self.command or '-'} {path or '-'} {int(status)} {elapsed:.0f} ms\n")
 
         def handle_one_request(self) -> None:
             self.started = time.perf_counter()

@@ -657,12 +657,13 @@ def train(model, data: Split, args: argparse.Namespace, logs: Path) -> dict[str,
     callbacks.on_train_begin()
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        callbacks.on_epoch_begin(epoch + 1)
-        learning_rate = float(model.optimizer.learning_rate)  # where this epoch starts
-        loss, accuracy = train_epoch(epoch_order(rng, len(data.x_train), args.batch_size))
-        val_loss, val_accuracy = score(x_val, y_val)
-        results = dict(zip(HISTORY_KEYS, map(float, (loss, accuracy, val_loss, val_accuracy, learning_rate))))
-        callbacks.on_epoch_end(epoch + 1, results)  # epochs count from 1 here as everywhere else
+        with signals_deferred():  # Ctrl-C stops the run between epochs, never inside TensorFlow's calls
+            callbacks.on_epoch_begin(epoch + 1)
+            learning_rate = float(model.optimizer.learning_rate)  # where this epoch starts
+            loss, accuracy = train_epoch(epoch_order(rng, len(data.x_train), args.batch_size))
+            val_loss, val_accuracy = score(x_val, y_val)
+            results = dict(zip(HISTORY_KEYS, map(float, (loss, accuracy, val_loss, val_accuracy, learning_rate))))
+            callbacks.on_epoch_end(epoch + 1, results)  # epochs count from 1 here as everywhere else
         for key, value in results.items():
             history[key].append(value)
         report_progress(epoch, results, time.perf_counter() - started)

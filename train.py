@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import gzip
 import importlib.util
 import io
@@ -674,14 +675,15 @@ def train(model, data: Split, args: argparse.Namespace, logs: Path) -> dict[str,
 # -----------------------------------------------------------------------------
 # Evaluation: one pass over the test set gives every figure of the report
 # -----------------------------------------------------------------------------
-def classify(model, images: np.ndarray) -> np.ndarray:
+def classify(model, images: np.ndarray,
+             prepare: Callable[[np.ndarray], np.ndarray] = normalize) -> np.ndarray:
     """The model's probabilities for each of the ten digits, one row per image.
 
-    Calling the model directly skips the set-up that predict() does for large data sets.
+    The images are prepared (by default: normalized) and classified in chunks, which keeps the
+    peak of memory small; calling the model directly skips the set-up that predict() does.
     """
     chunks = range(0, len(images), EVAL_BATCH_SIZE)
-    return np.concatenate([model(normalize(images[start:start + EVAL_BATCH_SIZE])).numpy()
-                           for start in chunks])
+    return np.concatenate([model(prepare(images[start:start + EVAL_BATCH_SIZE])).numpy() for start in chunks])
 
 
 def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
@@ -718,14 +720,9 @@ def percent_or_na(value: float | None) -> str:
 def calibration_report(model, data: Split, probabilities: np.ndarray, seed: int) -> dict:
     """The temperature fitted on varied validation digits, and the calibration error it leaves on
     test digits varied the same way and on MNIST's own test digits, before and after."""
-    rng = np.random.default_rng(seed)
-
-    def varied_probabilities(images: np.ndarray) -> np.ndarray:  # in chunks: a small peak of memory
-        return np.concatenate([model(varied_like_pictures(images[start:start + EVAL_BATCH_SIZE], rng)).numpy()
-                               for start in range(0, len(images), EVAL_BATCH_SIZE)])
-
-    temperature = fit_temperature(varied_probabilities(data.x_val), data.y_val)
-    varied = varied_probabilities(data.x_test)
+    vary = functools.partial(varied_like_pictures, rng=np.random.default_rng(seed))
+    temperature = fit_temperature(classify(model, data.x_val, vary), data.y_val)
+    varied = classify(model, data.x_test, vary)
     return {
         "temperature": temperature,
         "varied_test_error": {"before": calibration_error(varied, data.y_test),
@@ -1475,8 +1472,15 @@ def load_trained_model(path: Path):
     return model
 
 
+def chosen_model(args: argparse.Namespace) -> Path:
+    """The model file --predict and --serve use, checked before seconds are spent starting TensorFlow."""
+    path = args.model or args.output_dir / MODEL_FILE
+    check_model_file(path)
+    return path
+
+
 def check_model_file(path: Path) -> None:
-    """Say what is wrong with the model file before seconds are spent starting TensorFlow."""
+    """Say what is wrong with the model file, if anything."""
     if path.is_dir():
         raise DataError(f"{path}: a folder, not a model file")
     if not path.is_file():
@@ -1569,8 +1573,7 @@ def answer_json(path: Path, row: np.ndarray | None, notes: list[str], error: str
 
 def predict(args: argparse.Namespace) -> int:
     """Classify each picture, in order: one line each; 1 if any picture could not be read."""
-    model_path = args.model or args.output_dir / MODEL_FILE
-    check_model_file(model_path)
+    model_path = chosen_model(args)
     pictures = pictures_in(args.predict)
     readings, errors = {}, {}
     for path in pictures:
@@ -1743,8 +1746,7 @@ def serve(args: argparse.Namespace) -> int:
     import ipaddress
     import socket
 
-    model_path = args.model or args.output_dir / MODEL_FILE
-    check_model_file(model_path)
+    model_path = chosen_model(args)
     page, policy = page_with_policy(model_path)
     start_tensorflow(SEED)
     recognizer = Recognizer(model_path)

@@ -108,7 +108,9 @@ SERVE_HOST = "127.0.0.1"  # this computer only
 SERVE_PORT = 8000
 SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone photo fits
 SERVE_TIMEOUT_SECONDS = 10  # a connection silent for this long is closed
-SERVE_READERS = 4  # pictures decoded at once, at most
+SERVE_READERS = 4  # pictures decoded at once, at most, by each serving process
+SERVE_PROCESSES = min(os.cpu_count() or 1, 4)  # processes answering requests, each with its own model
+SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 
 STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # all stop a run as Ctrl-C does
@@ -1202,7 +1204,8 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
     A tiny picture is enlarged first, so that its strokes are several pixels wide; the second
     value says by how much.
     """
-    from PIL import Image, ImageFilter
+    from PIL import Image
+    from scipy import ndimage
 
     factor = 1
     if max(grey.shape) < 100:
@@ -1217,7 +1220,8 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
     scale = 48 / max(height, width)
     small = Image.fromarray(np.uint8(grey * 255)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    paper = small.filter(ImageFilter.MaxFilter(9)).resize((width, height), Image.Resampling.BILINEAR)
+    brightest = ndimage.maximum_filter(np.asarray(small), size=9, mode="nearest")
+    paper = Image.fromarray(brightest).resize((width, height), Image.Resampling.BILINEAR)
     paper = np.maximum(np.asarray(paper, np.float32) / 255, 1e-3)
     return np.clip(1 - grey / paper, 0, 1), factor
 
@@ -1490,8 +1494,10 @@ def check_model_file(path: Path) -> None:
 class Recognizer:
     """A trained model and its confidence calibration: the answers --predict and --serve give.
 
-    One instance serves every request thread of --serve: the model is called by one thread
-    at a time (a call takes well under a millisecond).
+    One instance serves every request thread of --serve. The model is called by one thread at a
+    time, and a call costs about the same for one input as for dozens, so the thread that calls
+    it takes every input waiting at that moment along (answer): under load, one call answers
+    many requests.
     """
 
     def __init__(self, model_path: Path) -> None:
@@ -1501,13 +1507,29 @@ class Recognizer:
         if self.temperature is None:
             warn(f"{model_path} holds no confidence calibration (it was not trained by this script): "
                  "the confidence printed is the model's own, often too sure")
-        self.lock = threading.Lock()
+        self.model_lock = threading.Lock()
+        self.waiting_lock = threading.Lock()
+        self.waiting: list[dict] = []
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """The calibrated probabilities of the ten digits, one row per 28x28 input."""
-        with self.lock:
+        with self.model_lock:
             raw = self.model.predict_on_batch(np.stack(images))
         return calibrated(raw, self.temperature or 1.0)
+
+    def answer(self, image: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities for one input, computed together with any others waiting."""
+        request = {"image": image}
+        with self.waiting_lock:
+            self.waiting.append(request)
+        with self.model_lock:
+            if "row" not in request:  # nobody has taken it along yet: take everything waiting
+                with self.waiting_lock:
+                    batch, self.waiting = self.waiting, []
+                raw = self.model.predict_on_batch(np.stack([waiting["image"] for waiting in batch]))
+                for waiting, row in zip(batch, calibrated(raw, self.temperature or 1.0)):
+                    waiting["row"] = row
+        return request["row"]
 
 
 def model_temperature(path: Path) -> float | None:
@@ -1640,7 +1662,7 @@ def answer_for_page(recognizer: Recognizer, body: bytes, readers: threading.Boun
 
     with readers:  # a few pictures at a time: a burst of huge photos cannot exhaust memory
         reading = read_digit(decode_picture(io.BytesIO(body)))
-    row = recognizer.probabilities([reading.image])[0]
+    row = recognizer.answer(reading.image)
     return {"digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
             "probabilities": [round(float(p), 4) for p in row],
             "input": np.round(reading.image.astype(np.float64), 3).tolist(),
@@ -1741,45 +1763,117 @@ def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool):
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve the drawing page and the API until Ctrl-C or SIGTERM; 0 when stopped that way."""
-    import http.server
-    import ipaddress
-    import socket
+    """Serve the drawing page and the API until Ctrl-C or SIGTERM; 0 when stopped that way.
 
+    Reading a picture is Python work, and one Python process answers on one core at a time
+    (the interpreter's lock), so SERVE_PROCESSES processes share the listening socket, each
+    with the model loaded once: the system hands each new connection to one that is waiting.
+    """
     model_path = chosen_model(args)
     page, policy = page_with_policy(model_path)
+    listener = listening_socket(args.host, args.port)
+    # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
+    helpers = [start_helper(listener, model_path, page, policy, args.quiet) for _ in range(SERVE_PROCESSES - 1)]
+    try:
+        with tensorflow_chatter_filtered():
+            server = answering_server(listener, model_path, page, policy, args.quiet)
+            announce(listener)
+            server.serve_forever()
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+    finally:
+        for helper in helpers:
+            helper.terminate()
+        for helper in helpers:
+            helper.join()
+        listener.close()
+    return 0
+
+
+def announce(listener) -> None:
+    """Say where the page is, and warn when other computers can reach it."""
+    import ipaddress
+
+    host, port = listener.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(ValueError):
+        if not ipaddress.ip_address(host).is_loopback:
+            warn(f"serving on {host}: anyone who can reach this computer on port {port} "
+                 "can use the page and the API")
+
+
+def listening_socket(host: str, port: int):
+    """The socket every serving process accepts connections on; a port in use is said in words."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family, backlog=SERVE_BACKLOG)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} is already in use on {host}; stop what uses it, "
+                             "or choose another with --port N (--port 0 takes any free port)") from None
+        raise ServeError(f"cannot serve on {host} port {port}: {error.strerror or error}") from None
+    listener.setblocking(False)  # a process that loses the race for a connection goes back to waiting
+    return listener
+
+
+def answering_server(listener, model_path: Path, page: bytes, policy: str, quiet: bool):
+    """An HTTP server on the shared socket, with this process's own copy of the model, ready to answer."""
+    import http.server
+
     start_tensorflow(SEED)
     recognizer = Recognizer(model_path)
     recognizer.probabilities([np.zeros(IMAGE_SHAPE, np.float32)])  # the first call compiles: do it now
 
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True  # a connection left open never keeps the server from stopping
-        request_queue_size = 128  # a classroom connecting at once is queued, not refused
-        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
 
         def handle_error(self, request, client_address) -> None:  # one line, never a traceback
             print(f"error: a request from {client_address[0]} failed: {sys.exc_info()[1]!r}", file=sys.stderr)
 
+    server = Server(listener.getsockname()[:2], make_handler(recognizer, page, policy, quiet),
+                    bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener
+    return server
+
+
+def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bool):
+    """Another serving process: a fresh interpreter (TensorFlow does not survive a fork).
+
+    Ctrl-C reaches every process of the terminal; stopping is the first process's to do, so the
+    helper starts with it blocked and then ignores it.
+    """
+    import multiprocessing
+
+    helper = multiprocessing.get_context("spawn").Process(
+        target=help_serving, args=(listener, model_path, page, policy, quiet), daemon=True)
+    blockable = hasattr(signal, "pthread_sigmask")
+    if blockable:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        server = Server((args.host, args.port), make_handler(recognizer, page, policy, args.quiet))
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ServeError(f"port {args.port} is already in use on {args.host}; stop what uses it, "
-                             "or choose another with --port N (--port 0 takes any free port)") from None
-        raise ServeError(f"cannot serve on {args.host} port {args.port}: {error.strerror or error}") from None
-    with server:
-        try:
-            host, port = server.server_address[:2]
-            shown = f"[{host}]" if ":" in host else host
-            print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
-            with contextlib.suppress(ValueError):
-                if not ipaddress.ip_address(host).is_loopback:
-                    warn(f"serving on {host}: anyone who can reach this computer on port {port} "
-                         "can use the page and the API")
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("Stopped.", file=sys.stderr)
-    return 0
+        helper.start()
+    finally:
+        if blockable:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    return helper
+
+
+def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bool) -> None:
+    """A helper's life: answer on the shared socket until the first process stops it, or is gone."""
+    import multiprocessing
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with tensorflow_chatter_filtered():
+        server = answering_server(listener, model_path, page, policy, quiet)
+        parent = multiprocessing.parent_process()
+        # Killed outright, the first process cannot stop its helpers: they stop when it is gone.
+        threading.Thread(target=lambda: (parent.join(), server.shutdown()), daemon=True).start()
+        server.serve_forever()
 
 
 # -----------------------------------------------------------------------------
@@ -1864,11 +1958,11 @@ def main(argv: list[str] | None = None) -> int:
         if stopping is not None:
             signal.signal(stopping, signal.default_int_handler)
     try:
+        if args.serve:
+            return serve(args)  # each of its processes filters its own stderr
         with tensorflow_chatter_filtered():
             if args.predict:
                 return predict(args)
-            if args.serve:
-                return serve(args)
             run(args, started)
     except (DataError, OutputError, ServeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -106,8 +106,7 @@ def server(model_file):
     running = start_server("--model", model_file)
     yield running
     if running.process.poll() is None:
-        running.process.kill()
-        running.process.communicate()
+        stop_server(running, signal.SIGTERM)
 
 
 def run_train(*args: str | Path, env: dict[str, str] | None = None,

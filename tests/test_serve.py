@@ -1,6 +1,7 @@
 """--serve: the drawing page and POST /predict, as a browser, a script and a careless client use them."""
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import signal
@@ -163,8 +164,7 @@ def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
     assert code == 0 and "Traceback" not in err
     assert err.splitlines()[-1] == "Stopped."
     assert "POST /predict 200 " in err  # one log line per request
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", server.port))  # free again
+    assert port_is_free(server.port)  # every serving process has let go of it
 
 
 def test_sigterm_stops_it_too_and_a_network_address_gets_a_warning(model_file):
@@ -174,6 +174,40 @@ def test_sigterm_stops_it_too_and_a_network_address_gets_a_warning(model_file):
     assert code == 0
     assert err.splitlines() == [f"warning: serving on 0.0.0.0: anyone who can reach this computer on port "
                                 f"{server.port} can use the page and the API", "Stopped."]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_killed_outright_its_helper_processes_leave_too_and_free_the_port(model_file):
+    server = start_server("--model", model_file)
+    assert still_answers(server)
+    assert not port_is_free(server.port)
+    server.process.kill()  # no chance to stop its helpers itself
+    server.process.wait(timeout=30)
+    server.process.stdout.close()
+    server.process.stderr.close()
+    deadline = time.monotonic() + 20
+    while not port_is_free(server.port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert port_is_free(server.port)
+
+
+def test_inputs_answered_together_get_the_answers_they_get_alone(model_file):
+    recognizer = train.Recognizer(model_file)
+    rng = np.random.default_rng(0)
+    images = [rng.random((28, 28), dtype=np.float32) for _ in range(40)]
+    alone = [recognizer.probabilities([image])[0] for image in images]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        together = list(pool.map(recognizer.answer, images))
+    for mine, expected in zip(together, alone):
+        np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_busy_port_is_one_clear_line(model_file):

@@ -84,7 +84,8 @@ FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
 NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
 MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
 RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
-RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side
+RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
+RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
@@ -109,7 +110,8 @@ SERVE_PORT = 8000
 SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone photo fits
 SERVE_TIMEOUT_SECONDS = 10  # a connection silent for this long is closed
 SERVE_READERS = 4  # pictures decoded at once, at most, by each serving process
-SERVE_PROCESSES = min(os.cpu_count() or 1, 4)  # processes answering requests, each with its own model
+SERVE_PROCESSES = min(os.cpu_count() or 1, 4)  # processes answering requests, each with its own model ...
+MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its own TensorFlow)
 SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 
 STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into
@@ -128,6 +130,7 @@ OPTION_MODES = {  # options that mean something in some modes only
     "--format": ("predict",),
     "--host": ("serve",),
     "--port": ("serve",),
+    "--processes": ("serve",),
 }
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
@@ -283,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help=f"address to serve on; 0.0.0.0 lets other computers in (default: {SERVE_HOST})")
     serving.add_argument("--port", type=whole_number(0, 65535), metavar="N",
                          help=f"port to serve on; 0 takes any free one (default: {SERVE_PORT})")
+    serving.add_argument("--processes", type=whole_number(1, MAX_SERVE_PROCESSES), default=SERVE_PROCESSES,
+                         metavar="N", help="processes answering requests, each with its own copy of the "
+                                           "model (default: one per core, at most 4: %(default)s here)")
     args = parser.parse_args(argv)
     args.mode = "predict" if args.predict is not None else "serve" if args.serve else "train"
     if args.predict is not None and args.serve:
@@ -1258,7 +1264,7 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     height, width = strokes.shape
     pool = max(1, width // 64)  # columns per step: a line may climb one row per step
     columns = width // pool
-    pooled = strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+    pooled = bridged(strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2), RULED_LINE_GAP)
     if pooled.any(axis=0).mean() < RULED_LINE:  # no line can cross this few columns
         return np.zeros_like(strokes)
     ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
@@ -1271,6 +1277,14 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     if thickness > RULED_LINE_THICKNESS * max(height, width):
         return np.zeros_like(strokes)
     return line & (runs <= 1.5 * thickness + 1)
+
+
+def bridged(mask: np.ndarray, gap: int) -> np.ndarray:
+    """The mask with, row by row, every gap of up to `gap` columns between ink filled in."""
+    from scipy import ndimage
+
+    padded = np.pad(mask, ((0, 0), (gap, gap)))  # so that the edges are not eroded
+    return ndimage.binary_closing(padded, structure=np.ones((1, gap + 1), bool))[:, gap:-gap]
 
 
 def expand_columns(pooled: np.ndarray, pool: int, width: int) -> np.ndarray:
@@ -1766,14 +1780,14 @@ def serve(args: argparse.Namespace) -> int:
     """Serve the drawing page and the API until Ctrl-C or SIGTERM; 0 when stopped that way.
 
     Reading a picture is Python work, and one Python process answers on one core at a time
-    (the interpreter's lock), so SERVE_PROCESSES processes share the listening socket, each
-    with the model loaded once: the system hands each new connection to one that is waiting.
+    (the interpreter's lock), so --processes processes share the listening socket, each with
+    the model loaded once: the system hands each new connection to one that is waiting.
     """
     model_path = chosen_model(args)
     page, policy = page_with_policy(model_path)
     listener = listening_socket(args.host, args.port)
     # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
-    helpers = [start_helper(listener, model_path, page, policy, args.quiet) for _ in range(SERVE_PROCESSES - 1)]
+    helpers = [start_helper(listener, model_path, page, policy, args.quiet) for _ in range(args.processes - 1)]
     try:
         with tensorflow_chatter_filtered():
             server = answering_server(listener, model_path, page, policy, args.quiet)
@@ -1868,12 +1882,11 @@ def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # Killed outright, the first process cannot stop its helpers: they leave as soon as it is gone.
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
     with tensorflow_chatter_filtered():
-        server = answering_server(listener, model_path, page, policy, quiet)
-        parent = multiprocessing.parent_process()
-        # Killed outright, the first process cannot stop its helpers: they stop when it is gone.
-        threading.Thread(target=lambda: (parent.join(), server.shutdown()), daemon=True).start()
-        server.serve_forever()
+        answering_server(listener, model_path, page, policy, quiet).serve_forever()
 
 
 # -----------------------------------------------------------------------------

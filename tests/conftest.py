@@ -1,6 +1,10 @@
 """Shared helpers: synthetic MNIST-format data, and running train.py as a user would."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import json
 import os
 import re
 import signal
@@ -65,14 +69,31 @@ def real_mnist() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_file(tmp_path_factory, synthetic_npz) -> Path:
-    """A trained model: on real MNIST when MNIST_NPZ is set, else on synthetic data (file handling only)."""
-    out = tmp_path_factory.mktemp("model")
-    real = os.environ.get("MNIST_NPZ")
-    data = real if real and Path(real).is_file() else synthetic_npz
-    done = run_train("--data", data, "--epochs", "1", "--output-dir", out, "--quiet")
+def trained(tmp_path_factory, synthetic_npz) -> tuple[Ran, Path]:
+    """One epoch of training, shared: on real MNIST when MNIST_NPZ is set, else on synthetic data
+    (then the model is good for file handling only). Its output, and the folder it saved in.
+
+    Made once for the whole run: with pytest-xdist's workers, the first to need it trains and
+    the others wait for it and read it (the workers share the parent of their temporary folders).
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out, record = shared / "trained", shared / "trained.json"
+    with open(shared / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            real = os.environ.get("MNIST_NPZ")
+            data = real if real and Path(real).is_file() else synthetic_npz
+            record.write_text(json.dumps(run_here("--data", data, "--epochs", "1", "--output-dir", out)._asdict()))
+    done = Ran(**json.loads(record.read_text()))
     assert done.returncode == 0, done.stderr
-    return out / "model.h5"
+    return done, out
+
+
+@pytest.fixture(scope="session")
+def model_file(trained) -> Path:
+    return trained[1] / "model.h5"
 
 
 class Server(NamedTuple):
@@ -93,6 +114,12 @@ def start_server(*args: str | Path) -> Server:
     return Server(process, match.group(1), int(match.group(2)))
 
 
+def helper_processes(server: Server) -> int:
+    """How many serving processes the server started besides itself (Linux's /proc tells)."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    return sum("spawn_main" in Path(f"/proc/{child}/cmdline").read_text() for child in children)
+
+
 def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:
     """Stop the server with the signal `how`; its exit code and everything it wrote on stderr."""
     server.process.send_signal(how)
@@ -102,8 +129,9 @@ def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:
 
 @pytest.fixture(scope="session")
 def server(model_file):
-    """One server for the tests that only send it requests."""
-    running = start_server("--model", model_file)
+    """One server for the tests that only send it requests: a single process, as every process
+    answers alike (the tests that start and stop servers run the default, several)."""
+    running = start_server("--model", model_file, "--processes", "1")
     yield running
     if running.process.poll() is None:
         stop_server(running, signal.SIGTERM)
@@ -117,6 +145,34 @@ def run_train(*args: str | Path, env: dict[str, str] | None = None,
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_here(*args: str | Path, env: dict[str, str] | None = None, terminal=None) -> Ran:
+    """train.py's main() in this process, output captured (or written to `terminal`): what run_train
+    does, without the seconds a fresh process takes to start TensorFlow. For what only a process
+    of its own shows (a signal from outside, a closed pipe, TensorFlow's start-up messages), use
+    run_train."""
+    import train
+
+    stdout, stderr = terminal or io.StringIO(), io.StringIO()
+    handlers = {number: signal.getsignal(number) for number in train.STOP_SIGNALS if number is not None}
+    saved_env = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = train.main([str(arg) for arg in args])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return Ran(code, "" if terminal else stdout.getvalue(), stderr.getvalue())
 
 
 def is_png(path: Path) -> bool:

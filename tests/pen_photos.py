@@ -109,5 +109,5 @@ def pen_photo(digit: np.ndarray, rng: np.random.Generator, pen_share: float | No
 
 
 def save(picture: Image.Image, path: Path) -> Path:
-    picture.save(path, quality=85) if path.suffix == ".jpg" else picture.save(path)
+    picture.save(path, quality=85) if path.suffix == ".jpg" else picture.save(path, compress_level=1)  # quick, as lossless
     return path

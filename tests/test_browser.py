@@ -22,6 +22,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 SEVEN = [[(70, 60), (200, 60)], [(200, 60), (165, 130), (140, 180), (120, 230)]]  # two strokes, pad pixels
+MOVE_MS = 60  # each pointer move takes this long (Selenium's default, 250 ms, only makes the tests slower)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def text(page, element: str) -> str:
 
 
 def wait_for(page, condition, seconds: float = 10):
-    return WebDriverWait(page, seconds).until(lambda _: condition())
+    return WebDriverWait(page, seconds, poll_frequency=0.05).until(lambda _: condition())
 
 
 def pad_point(page, x: float, y: float) -> tuple[int, int]:
@@ -59,7 +60,7 @@ def pad_point(page, x: float, y: float) -> tuple[int, int]:
 def draw_with_mouse(page, strokes=SEVEN) -> None:
     pad = page.find_element(By.ID, "pad")
     for stroke in strokes:
-        actions = ActionChains(page).move_to_element_with_offset(pad, *pad_point(page, *stroke[0])).click_and_hold()
+        actions = ActionChains(page, duration=MOVE_MS).move_to_element_with_offset(pad, *pad_point(page, *stroke[0])).click_and_hold()
         for point in stroke[1:]:
             actions.move_to_element_with_offset(pad, *pad_point(page, *point)).pause(0.05)
         actions.release().perform()
@@ -70,7 +71,7 @@ def draw_with_finger(page, strokes=SEVEN) -> None:
     box = pad.rect
     for stroke in strokes:
         finger = PointerInput(POINTER_TOUCH, "finger")
-        actions = ActionBuilder(page, mouse=finger)
+        actions = ActionBuilder(page, mouse=finger, duration=MOVE_MS)
         where = [(box["x"] + x * box["width"] / 280, box["y"] + y * box["height"] / 280) for x, y in stroke]
         actions.pointer_action.move_to_location(*map(round, where[0])).pointer_down()
         for x, y in where[1:]:

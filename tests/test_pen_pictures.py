@@ -1,6 +1,7 @@
 """--predict on pictures people take: ballpoint strokes, ruled paper, a box, canvases, folders, JSON."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import train
-from conftest import run_train
-from pen_photos import pen_photo, save
+from conftest import run_here
+from pen_photos import pen_photo
 from test_predict import mnist_digits, similarity
 
 
@@ -56,7 +57,7 @@ def test_the_issues_thin_seven_gets_mnists_stroke_width(tmp_path):
 
 def test_the_issues_thin_seven_is_read_as_a_seven(real_mnist, model_file, tmp_path):
     path = issue_seven(tmp_path / "seven.png")
-    done = run_train("--predict", path, "--model", model_file)
+    done = run_here("--predict", path, "--model", model_file)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{path}: 7 (")
 
@@ -65,16 +66,20 @@ PENS = (0.015, 0.02, 0.06, 0.15)  # ballpoints, a felt pen, a marker: share of t
 FRAME = 1200  # the photos' longer side: large enough for a 1.5% pen to be about a pixel wide
 
 
-def photo_input(digit: np.ndarray, seed: int, folder, **chosen) -> np.ndarray:
+def photo_input(digit: np.ndarray, seed: int, **chosen) -> np.ndarray:
+    """What the model sees of a pen photo, decoded as --predict decodes a file (here an uncompressed
+    one in memory: reading files is tested elsewhere, and compressing photos takes time)."""
     picture, _ = pen_photo(digit, np.random.default_rng(seed), longer=FRAME, **chosen)
-    return read(save(picture, folder / f"photo{seed}-{len(list(folder.iterdir()))}.png")).image
+    file = io.BytesIO()
+    picture.save(file, "BMP")
+    file.seek(0)
+    return train.read_digit(train.decode_picture(file)).image
 
 
 @pytest.fixture(scope="module")
-def pen_inputs(tmp_path_factory) -> dict[float, list[np.ndarray]]:
+def pen_inputs() -> dict[float, list[np.ndarray]]:
     """What the model sees of each test digit written with each pen on plain paper."""
-    folder = tmp_path_factory.mktemp("pens")
-    return {pen: [photo_input(digit, index, folder, pen_share=pen, ruled=False, boxed=False)
+    return {pen: [photo_input(digit, index, pen_share=pen, ruled=False, boxed=False)
                   for index, digit in enumerate(mnist_digits())] for pen in PENS}
 
 
@@ -94,10 +99,10 @@ def test_thin_and_bold_pens_get_the_models_answer_on_the_original(pen, pen_input
 
 
 @pytest.mark.parametrize("ruled, boxed", [(True, False), (False, True), (True, True)])
-def test_ruled_paper_and_a_drawn_box_do_not_change_what_the_model_sees(ruled, boxed, pen_inputs, tmp_path):
+def test_ruled_paper_and_a_drawn_box_do_not_change_what_the_model_sees(ruled, boxed, pen_inputs):
     for index, digit in enumerate(mnist_digits()[:5]):
         plain = pen_inputs[0.02][index]
-        marked = photo_input(digit, index, tmp_path, pen_share=0.02, ruled=ruled, boxed=boxed)
+        marked = photo_input(digit, index, pen_share=0.02, ruled=ruled, boxed=boxed)
         assert similarity(marked, plain) > 0.9, (ruled, boxed, index)
 
 
@@ -148,7 +153,7 @@ def test_a_folder_is_read_in_order_skipping_what_is_not_a_picture(model_file, tm
     canvas((255, 255, 255, 255)).save(folder / "a.png")
     (folder / "notes.txt").write_text("not a picture")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    done = run_train("--predict", folder, "--model", model_file)
+    done = run_here("--predict", folder, "--model", model_file)
     assert done.returncode == 1  # a picture that could not be read
     assert [line.split(": ")[0] for line in done.stdout.splitlines()] == [str(folder / "a.png"), str(folder / "b.png")]
     assert done.stderr.splitlines() == [f"{folder / 'notes.txt'}: skipped: not a picture",
@@ -160,7 +165,7 @@ def test_json_gives_one_object_per_picture_with_calibrated_probabilities(model_f
     folder.mkdir()
     canvas((0, 0, 0, 255)).save(folder / "a.png")
     (folder / "broken.png").write_bytes(b"broken")
-    done = run_train("--predict", folder, "--model", model_file, "--format", "json")
+    done = run_here("--predict", folder, "--model", model_file, "--format", "json")
     assert done.returncode == 1 and done.stderr == ""
     first, second = map(json.loads, done.stdout.splitlines())
     assert second == {"path": str(folder / "broken.png"), "error": "not an image in a format Pillow reads"}
@@ -178,6 +183,6 @@ def test_the_text_line_shows_the_calibrated_confidence_and_the_notes(model_file,
     draw.line([(200, 150), (400, 150), (280, 450)], fill=0, width=10)
     draw.line([(700, 150), (700, 450)], fill=0, width=10)
     picture.save(tmp_path / "two.png")
-    text = run_train("--predict", tmp_path / "two.png", "--model", model_file).stdout.strip()
-    data = json.loads(run_train("--predict", tmp_path / "two.png", "--model", model_file, "--format", "json").stdout)
+    text = run_here("--predict", tmp_path / "two.png", "--model", model_file).stdout.strip()
+    data = json.loads(run_here("--predict", tmp_path / "two.png", "--model", model_file, "--format", "json").stdout)
     assert text == f"{tmp_path / 'two.png'}: {data['digit']} ({100 * data['confidence']:.1f}%; several marks: used the largest)"

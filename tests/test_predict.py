@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import train
-from conftest import ROOT, run_train
+from conftest import ROOT, run_here
 
 
 def read(grey: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
     Image.new("L", (100, 100), 250).save(tmp_path / "blank.png")
     (tmp_path / "album").mkdir()
     names = ["seven.png", "missing.png", "empty.png", "notes.png", "cut.png", "blank.png", "album"]
-    done = run_train("--predict", *(tmp_path / name for name in names), "--model", model_file)
+    done = run_here("--predict", *(tmp_path / name for name in names), "--model", model_file)
     assert done.returncode == 1
     answer = done.stdout.strip()
     assert answer.startswith(f"{good}: ") and answer.endswith("%)") and len(answer.splitlines()) == 1
@@ -173,7 +173,7 @@ def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, 
         path.write_bytes(render(mnist_digits()[0], variant))
         paths.append(path)
     seen = tmp_path / "seen"
-    done = run_train("--predict", *paths, "--model", model_file, "--save-preprocessed", seen)
+    done = run_here("--predict", *paths, "--model", model_file, "--save-preprocessed", seen)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(p) for p in paths]
@@ -199,7 +199,7 @@ def test_a_file_that_is_not_a_model_is_one_line(tmp_path):
     fake.write_text("not a model")
     picture = tmp_path / "digit.png"
     Image.fromarray(drawn_digit()).save(picture)
-    done = run_train("--predict", picture, "--model", fake)
+    done = run_here("--predict", picture, "--model", fake)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: {fake}: not a readable Keras model")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -218,7 +218,7 @@ def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path)
             path = tmp_path / f"{i}-{variant.replace(' ', '_')}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
             path.write_bytes(render(digits[i], variant))
             paths.append((path, originals[i].argmax()))
-    done = run_train("--predict", *(p for p, _ in paths), "--model", model_file)
+    done = run_here("--predict", *(p for p, _ in paths), "--model", model_file)
     assert done.returncode == 0, done.stderr
     predicted = [int(line.rsplit(": ", 1)[1].split()[0]) for line in done.stdout.splitlines()]
     same = sum(p == expected for p, (_, expected) in zip(predicted, paths))

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 import train
-from conftest import ROOT, run_train, start_server, stop_server
+from conftest import ROOT, helper_processes, run_here, run_train, start_server, stop_server
 
 
 def request(server, method: str, path: str, body: bytes | None = None,
@@ -90,7 +93,7 @@ def test_the_api_and_predict_give_the_same_answer_for_the_same_picture(server, m
     pictures = {"seven.png": drawing(), "white.png": drawing((255, 255, 255, 255))}
     for name, data in pictures.items():
         (tmp_path / name).write_bytes(data)
-    done = run_train("--predict", *(tmp_path / name for name in pictures), "--model", model_file, "--format", "json")
+    done = run_here("--predict", *(tmp_path / name for name in pictures), "--model", model_file, "--format", "json")
     for line, data in zip(done.stdout.splitlines(), pictures.values()):
         expected = json.loads(line)
         _, answer = post_picture(server, data)
@@ -157,9 +160,14 @@ def test_a_silent_client_does_not_hold_the_others(server):
         assert time.perf_counter() - started < 2
 
 
+def test_processes_1_answers_from_a_single_process(server):
+    assert helper_processes(server) == 0 and still_answers(server)  # the shared server runs --processes 1
+
+
 def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
     server = start_server("--model", model_file)
-    assert still_answers(server)
+    assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
+    assert all(still_answers(server) for _ in range(4))
     code, err = stop_server(server, signal.SIGINT)
     assert code == 0 and "Traceback" not in err
     assert err.splitlines()[-1] == "Stopped."
@@ -168,12 +176,32 @@ def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
 
 
 def test_sigterm_stops_it_too_and_a_network_address_gets_a_warning(model_file):
-    server = start_server("--model", model_file, "--host", "0.0.0.0", "--quiet")
+    server = start_server("--model", model_file, "--host", "0.0.0.0", "--quiet", "--processes", "1")
     assert still_answers(server)
     code, err = stop_server(server, signal.SIGTERM)
     assert code == 0
     assert err.splitlines() == [f"warning: serving on 0.0.0.0: anyone who can reach this computer on port "
                                 f"{server.port} can use the page and the API", "Stopped."]
+
+
+def helpers_listening(pid: int, port: int) -> int:
+    """How many of the server's helper processes hold its listening socket (from Linux's /proc)."""
+    listening = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"}
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    held = 0
+    for child in children:
+        with contextlib.suppress(OSError):
+            sockets = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{child}/fd").iterdir()
+                       if os.readlink(fd).startswith("socket:[")}
+            held += bool(sockets & listening)
+    return held
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -186,17 +214,19 @@ def port_is_free(port: int) -> bool:
 
 
 def test_killed_outright_its_helper_processes_leave_too_and_free_the_port(model_file):
-    server = start_server("--model", model_file)
-    assert still_answers(server)
-    assert not port_is_free(server.port)
-    server.process.kill()  # no chance to stop its helpers itself
-    server.process.wait(timeout=30)
-    server.process.stdout.close()
-    server.process.stderr.close()
-    deadline = time.monotonic() + 20
-    while not port_is_free(server.port) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert port_is_free(server.port)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--serve", "--model", str(model_file),
+                                "--port", str(port), "--processes", "2"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not helpers_listening(process.pid, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helpers_listening(process.pid, port) == 1  # its helper has the port too
+    process.kill()  # no chance to stop its helper itself
+    process.wait(timeout=30)
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert port_is_free(port)
 
 
 def test_inputs_answered_together_get_the_answers_they_get_alone(model_file):
@@ -235,6 +265,8 @@ def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
     (["--port", "80"], "--port: only with --serve"),
     (["--host", "0.0.0.0"], "--host: only with --serve"),
     (["--serve", "--predict", "a.png"], "--serve: not with --predict"),
+    (["--processes", "2"], "--processes: only with --serve"),
+    (["--serve", "--processes", "0"], "--processes: must be from 1 to 32"),
 ])
 def test_serving_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import json
-import re
+import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 import train
-from conftest import TRAIN, is_png, run_train, synthetic_mnist
+from conftest import is_png, run_here, run_train
 
 OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE, train.HISTORY_FILE,
            train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE}
@@ -128,14 +127,7 @@ def test_figures_are_pngs_of_a_sensible_size(smoke):
             assert figure.format == "PNG" and 150 <= min(figure.size) and max(figure.size) <= 2000, name
 
 
-def test_tensorboard_logs_only_when_asked(synthetic_npz, tmp_path):
-    done = run_train("--data", synthetic_npz, "--epochs", "1", "--output-dir", tmp_path, "--tensorboard")
-    assert done.returncode == 0, done.stderr
-    events = list((tmp_path / train.TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
-    assert events and all(event.stat().st_size > 0 for event in events)
-
-
-def test_no_tensorboard_logs_by_default(smoke):
+def test_no_tensorboard_logs_by_default(smoke):  # with --tensorboard: test_edges's second run
     _, out = smoke
     assert not (out / train.TENSORBOARD_DIR).exists()
 
@@ -150,8 +142,7 @@ def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     out = tmp_path / "out"
-    done = run_train("--data", synthetic_npz, "--epochs", "1", "--output-dir", out,
-                     env={"PATH": str(empty_path)})
+    done = run_here("--data", synthetic_npz, "--epochs", "1", "--output-dir", out, env={"PATH": str(empty_path)})
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith("warning: Graphviz's 'dot' program was not found")
@@ -159,17 +150,20 @@ def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_
     assert {p.name for p in out.iterdir()} == OUTPUTS - {train.DIAGRAM_FILE}
 
 
-def test_same_seed_gives_identical_results_and_another_seed_does_not(synthetic_npz, tmp_path):
-    def run(name: str, seed: str) -> tuple[dict, bytes]:
-        out = tmp_path / name
-        done = run_train("--data", synthetic_npz, "--epochs", "2", "--seed", seed, "--output-dir", out)
-        assert done.returncode == 0, done.stderr
+def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke, synthetic_npz, tmp_path):
+    def results(out: Path) -> tuple[dict, bytes]:
         metrics = json.loads((out / train.METRICS_FILE).read_text())
         return {k: metrics[k] for k in ("test_accuracy", "test_loss", "history")}, weights(out)
 
-    first, again, other = run("a", "7"), run("b", "7"), run("c", "8")
-    assert first == again
-    assert first[1] != other[1]
+    def run(seed: int) -> tuple[dict, bytes]:
+        out = tmp_path / str(seed)
+        done = run_here("--data", synthetic_npz, "--epochs", "1", "--seed", seed, "--output-dir", out)
+        assert done.returncode == 0, done.stderr
+        return results(out)
+
+    first = results(smoke[1])  # the default seed, in a process of its own
+    assert run(train.SEED) == first  # again, in another process
+    assert run(train.SEED + 1)[1] != first[1]
 
 
 def weights(out: Path) -> bytes:
@@ -219,43 +213,35 @@ def test_bad_data_fails_with_one_line_and_keeps_the_previous_model(tmp_path):
     assert snapshot(out) == before
 
 
-def long_run_under_way(tmp_path: Path, out: Path) -> subprocess.Popen:
-    """train.py started on a long run, returned once its first epoch is done."""
-    data = tmp_path / "bigger.npz"
-    np.savez(data, **synthetic_mnist(n_train=20_000, n_test=100))
-    process = subprocess.Popen(
-        [sys.executable, str(TRAIN), "--data", str(data), "--epochs", "500", "--output-dir", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    assert process.stdout.readline().startswith(f"Data: {data}: ")
-    while not re.match(r"Epoch +1/500: ", process.stdout.readline()):  # past the model's summary
-        pass
-    return process
+def signal_during_epoch(monkeypatch, number: int, epoch: int = 2, first: Callable[[], None] = lambda: None) -> None:
+    """Have this process receive the signal `number` while training's epoch `epoch` runs, as a
+    Ctrl-C, a `kill` or a closed terminal arrives (after calling `first`)."""
+    real, calls = train.epoch_order, []
+
+    def order(*args):
+        calls.append(args)
+        if len(calls) == epoch:
+            first()
+            os.kill(os.getpid(), number)
+        return real(*args)
+    monkeypatch.setattr(train, "epoch_order", order)
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(tmp_path):
+def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
-    process = long_run_under_way(tmp_path, out)
-    assert len(list(out.iterdir())) == len(OUTPUTS) + 1  # the staging folder, hidden
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert err.strip() == f"Interrupted: nothing was saved; {out} is as it was."
+    during: list[Path] = []
+    signal_during_epoch(monkeypatch, signal.SIGINT, first=lambda: during.extend(out.iterdir()))
+    done = run_here("--data", synthetic_npz, "--epochs", "3", "--output-dir", out)
+    assert len(during) == len(OUTPUTS) + 1  # the run's staging folder, hidden, beside the outputs
+    assert done.returncode == 130
+    assert done.stderr.strip() == f"Interrupted: nothing was saved; {out} is as it was."
     assert snapshot(out) == before
 
 
-def test_a_new_output_folder_is_removed_again_when_the_run_is_interrupted(tmp_path):
-    out = tmp_path / "new" / "folder"
-    process = long_run_under_way(tmp_path, out)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert not out.exists()
-
-
-def test_real_mnist_one_epoch_reaches_95_percent(real_mnist, tmp_path):
-    done = run_train("--data", real_mnist, "--epochs", "1", "--output-dir", tmp_path)
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads((tmp_path / train.METRICS_FILE).read_text())
+def test_real_mnist_one_epoch_reaches_95_percent(real_mnist, trained):
+    done, out = trained  # one epoch on real MNIST, as MNIST_NPZ is set
+    metrics = json.loads((out / train.METRICS_FILE).read_text())
     assert metrics["test_accuracy"] >= 0.95
     assert len(metrics["history"]["accuracy"]) == 1
+    assert f"Test accuracy: {100 * metrics['test_accuracy']:.2f}%" in done.stdout

@@ -1264,9 +1264,10 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     height, width = strokes.shape
     pool = max(1, width // 64)  # columns per step: a line may climb one row per step
     columns = width // pool
-    pooled = bridged(strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2), RULED_LINE_GAP)
-    if pooled.any(axis=0).mean() < RULED_LINE:  # no line can cross this few columns
+    pooled = strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+    if bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE:  # no line can cross this few columns
         return np.zeros_like(strokes)
+    pooled = bridged(pooled, RULED_LINE_GAP)
     ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
     on_line = (ahead + behind - 1 >= RULED_LINE * columns)
     line = strokes & expand_columns(on_line, pool, width)
@@ -1281,10 +1282,10 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
 
 def bridged(mask: np.ndarray, gap: int) -> np.ndarray:
     """The mask with, row by row, every gap of up to `gap` columns between ink filled in."""
-    from scipy import ndimage
-
-    padded = np.pad(mask, ((0, 0), (gap, gap)))  # so that the edges are not eroded
-    return ndimage.binary_closing(padded, structure=np.ones((1, gap + 1), bool))[:, gap:-gap]
+    columns = np.arange(mask.shape[1])
+    before = np.maximum.accumulate(np.where(mask, columns, -gap - 2), axis=1)  # the last ink up to each column
+    after = np.minimum.accumulate(np.where(mask, columns, mask.shape[1] + gap + 1)[:, ::-1], axis=1)[:, ::-1]
+    return mask | (after - before - 1 <= gap)  # ... and the next: the gap between them
 
 
 def expand_columns(pooled: np.ndarray, pool: int, width: int) -> np.ndarray:

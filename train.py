@@ -1886,7 +1886,7 @@ def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     # Killed outright, the first process cannot stop its helpers: they leave as soon as it is gone.
     parent = multiprocessing.parent_process()
     threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
-    with tensorflow_chatter_filtered():
+    with contextlib.suppress(DataError), tensorflow_chatter_filtered():  # a bad model: the first process says so
         answering_server(listener, model_path, page, policy, quiet).serve_forever()
 
 

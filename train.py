@@ -1529,8 +1529,7 @@ class Recognizer:
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """The calibrated probabilities of the ten digits, one row per 28x28 input."""
         with self.model_lock:
-            raw = self.model.predict_on_batch(np.stack(images))
-        return calibrated(raw, self.temperature or 1.0)
+            return self.classified(images)
 
     def answer(self, image: np.ndarray) -> np.ndarray:
         """The calibrated probabilities for one input, computed together with any others waiting."""
@@ -1541,10 +1540,13 @@ class Recognizer:
             if "row" not in request:  # nobody has taken it along yet: take everything waiting
                 with self.waiting_lock:
                     batch, self.waiting = self.waiting, []
-                raw = self.model.predict_on_batch(np.stack([waiting["image"] for waiting in batch]))
-                for waiting, row in zip(batch, calibrated(raw, self.temperature or 1.0)):
+                for waiting, row in zip(batch, self.classified([waiting["image"] for waiting in batch])):
                     waiting["row"] = row
         return request["row"]
+
+    def classified(self, images: list[np.ndarray]) -> np.ndarray:
+        """The model's call itself: only with model_lock held."""
+        return calibrated(self.model.predict_on_batch(np.stack(images)), self.temperature or 1.0)
 
 
 def model_temperature(path: Path) -> float | None:

@@ -15,18 +15,13 @@ import pytest
 from PIL import Image
 
 import train
-from conftest import ROOT, TRAIN, run_here, run_train, synthetic_mnist
+from conftest import ROOT, TRAIN, Ran, run_here, run_train, synthetic_mnist
 from test_training import OUTPUTS, previous_good_run, signal_during_epoch, snapshot
 
 
-def quick_run(data: Path, out: Path, *extra: str) -> int:
+def quick_run(data: Path, out: Path, *extra: str) -> Ran:
     """train.py's main() in this process: one epoch on small data."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return train.main(["--data", str(data), "--epochs", "1", "--output-dir", str(out), "--quiet", *extra])
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    return run_here("--data", data, "--epochs", "1", "--output-dir", out, "--quiet", *extra)
 
 
 def replace_then(action, after: int):
@@ -53,23 +48,25 @@ def replace_failing(at: int):
     return replace
 
 
-def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch, capsys):
+def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
     monkeypatch.setattr(train.os, "replace", replace_then(lambda: os.kill(os.getpid(), signal.SIGTERM), after=3))
-    assert quick_run(synthetic_npz, out) == train.EXIT_INTERRUPTED  # the third move of seven and more
-    assert capsys.readouterr().err.strip() == f"Interrupted after every output was saved in {out}."
+    done = quick_run(synthetic_npz, out)
+    assert done.returncode == train.EXIT_INTERRUPTED  # the third move of seven and more
+    assert done.stderr.strip() == f"Interrupted after every output was saved in {out}."
     after = snapshot(out)
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
 
 
-def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch, capsys):
+def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
     monkeypatch.setattr(train.os, "replace", replace_failing(at=5))
-    assert quick_run(synthetic_npz, out) == 1
-    assert capsys.readouterr().err == (f"error: could not write the outputs to {out}: Permission denied; "
+    done = quick_run(synthetic_npz, out)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: could not write the outputs to {out}: Permission denied; "
                                        "the previous outputs are as they were\n")
     assert snapshot(out) == before
 
@@ -91,7 +88,7 @@ def test_staging_folders_of_dead_runs_are_removed_and_a_living_runs_kept(synthet
     for name in (f".train-{dead.stdout.strip()}-abc", ".train-k2j3h4", f".train-{os.getpid()}-xyz"):
         (out / name).mkdir()
         (out / name / "model.h5").write_text("half written")
-    assert quick_run(synthetic_npz, out) == 0
+    assert quick_run(synthetic_npz, out).returncode == 0
     assert sorted(p.name for p in out.glob(".train-*")) == [f".train-{os.getpid()}-xyz"]
 
 
@@ -99,7 +96,7 @@ def test_tensorboard_logs_go_to_a_new_run_folder_keeping_the_earlier_runs(synthe
     out = tmp_path / "out"
     (out / train.TENSORBOARD_DIR / "run-earlier").mkdir(parents=True)
     (out / train.TENSORBOARD_DIR / "run-earlier" / "events").write_text("earlier run")
-    assert quick_run(synthetic_npz, out, "--tensorboard") == 0
+    assert quick_run(synthetic_npz, out, "--tensorboard").returncode == 0
     new = [run for run in (out / train.TENSORBOARD_DIR).iterdir() if run.name != "run-earlier"]
     assert len(new) == 1 and new[0].name.startswith("run-")
     assert (out / "logs/run-earlier/events").read_text() == "earlier run"
@@ -117,13 +114,13 @@ def test_a_folder_named_like_an_output_is_never_deleted(tmp_path, capsys):
     assert (tmp_path / "model.h5" / "notes.txt").read_text() == "mine"
 
 
-def test_replacing_a_more_accurate_model_is_said(synthetic_npz, tmp_path, capsys):
+def test_replacing_a_more_accurate_model_is_said(synthetic_npz, tmp_path):
     out = tmp_path / "out"
     previous_good_run(out)
     (out / train.METRICS_FILE).write_text(json.dumps({"test_accuracy": 1.0}))
-    assert train.main(["--data", str(synthetic_npz), "--epochs", "1", "--batch-size", "480",
-                       "--output-dir", str(out)]) == 0  # two steps: a poor model
-    last = capsys.readouterr().out.splitlines()[-1]
+    done = run_here("--data", synthetic_npz, "--epochs", "1", "--batch-size", "480", "--output-dir", out)
+    assert done.returncode == 0  # two steps: a poor model
+    last = done.stdout.splitlines()[-1]
     assert last.startswith("Note: the model.h5 this replaced was more accurate on the test set (100.00% against ")
 
 
@@ -146,7 +143,7 @@ def test_a_closed_pipe_stops_the_printing_not_the_run(synthetic_npz, tmp_path):
     assert {p.name for p in out.iterdir()} >= OUTPUTS - {train.DIAGRAM_FILE}
 
 
-def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch):
     def full(*args):
         raise OSError("Unable to synchronously create dataset (file write failed: time = Wed Nov 25, "
                       "filename = 'model.h5', file descriptor = 4, errno = 28, error message = "
@@ -155,8 +152,9 @@ def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monk
     monkeypatch.setattr(train, "save_model", full)
     out = tmp_path / "out"
     before = previous_good_run(out)
-    assert quick_run(synthetic_npz, out) == 1
-    assert capsys.readouterr().err == (f"error: could not write the outputs to {out}: the disk is full; "
+    done = quick_run(synthetic_npz, out)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: could not write the outputs to {out}: the disk is full; "
                                        "the previous outputs are as they were\n")
     assert snapshot(out) == before
 
@@ -287,11 +285,12 @@ def test_on_a_terminal_the_epoch_line_is_rewritten_in_words(synthetic_npz, tmp_p
     assert "val_accuracy" not in text and "ETA" not in text
 
 
-def test_a_batch_larger_than_the_training_set_is_one_line(tmp_path, capsys):
+def test_a_batch_larger_than_the_training_set_is_one_line(tmp_path):
     data = tmp_path / "small.npz"
     np.savez(data, **synthetic_mnist(n_train=50, n_test=10))
-    assert quick_run(data, tmp_path / "out", "--batch-size", "64") == 1
-    assert capsys.readouterr().err == (f"error: {data}: fewer training images (40, after holding out the validation "
+    done = quick_run(data, tmp_path / "out", "--batch-size", "64")
+    assert done.returncode == 1
+    assert done.stderr == (f"error: {data}: fewer training images (40, after holding out the validation "
                                        "images) than one batch (--batch-size 64)\n")
 
 

@@ -186,8 +186,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(
-        synthetic_npz, tmp_path, monkeypatch, capsys):
+def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
@@ -195,10 +194,9 @@ def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(train, "write_json", disk_full)
-    code = train.main(["--data", str(synthetic_npz), "--epochs", "1", "--output-dir", str(out), "--quiet"])
-    assert code == 1
-    err = capsys.readouterr().err
-    assert err == f"error: could not write the outputs to {out}: the disk is full; the previous outputs are as they were\n"
+    done = run_here("--data", synthetic_npz, "--epochs", "1", "--output-dir", out, "--quiet")
+    assert done.returncode == 1
+    assert done.stderr == f"error: could not write the outputs to {out}: the disk is full; the previous outputs are as they were\n"
     assert snapshot(out) == before
 
 

@@ -135,10 +135,14 @@ def start_server(*args: str | Path) -> Server:
     return Server(process, match.group(1), int(match.group(2)))
 
 
+def helper_pids(pid: int) -> list[int]:
+    """The serving processes a server started besides itself (Linux's /proc tells)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()]
+
+
 def helper_processes(server: Server) -> int:
-    """How many serving processes the server started besides itself (Linux's /proc tells)."""
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-    return sum("spawn_main" in Path(f"/proc/{child}/cmdline").read_text() for child in children)
+    return len(helper_pids(server.process.pid))
 
 
 def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:

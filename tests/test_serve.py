@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import train
-from conftest import ROOT, helper_processes, run_here, run_train, start_server, stop_server
+from conftest import ROOT, TRAIN, helper_pids, helper_processes, run_here, run_train, start_server, stop_server
 
 
 def request(server, method: str, path: str, body: bytes | None = None,
@@ -188,9 +188,8 @@ def helpers_listening(pid: int, port: int) -> int:
     """How many of the server's helper processes hold its listening socket (from Linux's /proc)."""
     listening = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
                  if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"}
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     held = 0
-    for child in children:
+    for child in helper_pids(pid):
         with contextlib.suppress(OSError):
             sockets = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{child}/fd").iterdir()
                        if os.readlink(fd).startswith("socket:[")}
@@ -215,7 +214,7 @@ def port_is_free(port: int) -> bool:
 
 def test_killed_outright_its_helper_processes_leave_too_and_free_the_port(model_file):
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--serve", "--model", str(model_file),
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--model", str(model_file),
                                 "--port", str(port), "--processes", "2"], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

@@ -133,7 +133,7 @@ def test_an_interrupted_run_removes_every_folder_it_created(synthetic_npz, tmp_p
 
 def test_a_closed_pipe_stops_the_printing_not_the_run(synthetic_npz, tmp_path):
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--data", str(synthetic_npz), "--epochs", "3",
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--data", str(synthetic_npz), "--epochs", "1",
                                 "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.readline()
     process.stdout.close()  # `| head -1`

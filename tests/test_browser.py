@@ -98,6 +98,16 @@ def bar_widths(page) -> list[str]:
             for bar in page.find_element(By.ID, "probabilities").find_elements(By.XPATH, "./*")]
 
 
+def bars_as_drawn(page) -> list[tuple[float, float]] | None:
+    """Each bar's fill as a share of its track on screen, and the probability written beside it;
+    None while a bar is still moving (read in one script, so no answer arrives in between)."""
+    return page.execute_script("""
+        if (document.getAnimations().length) return null;
+        const width = (bar, part) => bar.querySelector(part).getBoundingClientRect().width;
+        return [...document.querySelectorAll('#probabilities .bar')].map(bar => [
+            width(bar, '.fill') / width(bar, '.track'), parseFloat(bar.querySelector('.value').textContent) / 100]);""")
+
+
 def assert_answer_shown(page) -> None:
     wait_for(page, lambda: text(page, "digit") != "")
     assert text(page, "digit") in "0123456789" and len(text(page, "digit")) == 1
@@ -110,6 +120,17 @@ def test_drawing_with_the_mouse_shows_the_digit_the_bars_and_what_the_model_saw(
     assert text(page, "digit") == "" and seen_brightness(page) == 0
     draw_with_mouse(page)
     assert_answer_shown(page)
+
+
+def test_each_bar_is_filled_as_far_as_its_probability(page):
+    draw_with_mouse(page)
+    assert_answer_shown(page)
+    bars = wait_for(page, lambda: bars_as_drawn(page))
+    (winner_filled, winner_shown), *losers = sorted(bars, key=lambda bar: -bar[1])
+    assert winner_filled == pytest.approx(winner_shown, abs=0.02), \
+        f"the winning bar is {winner_filled:.1%} full beside {winner_shown:.1%}"
+    for filled, shown in losers:
+        assert filled == pytest.approx(shown, abs=0.02), f"a bar is {filled:.1%} full beside {shown:.1%}"
 
 
 def test_the_real_model_reads_the_drawn_seven_as_you_draw(page, real_mnist):

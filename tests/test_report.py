@@ -1,6 +1,8 @@
 """The test-set report: confusion matrix, per-digit figures, the worst mistakes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,10 +75,30 @@ def test_figures_are_drawn_even_with_no_mistakes(tmp_path):
     labels = np.array([1, 2, 3])
     probabilities = one_hot_guesses([1, 2, 3], [0.9, 0.9, 0.9])
     history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "val_loss": [0.4, 0.35], "val_accuracy": [0.85, 0.88]}
-    train.draw_figures(tmp_path, history, train.test_report(probabilities, labels), images, labels, probabilities)
+    train.draw_figures(tmp_path, history, train.test_report(probabilities, labels), images, labels, probabilities,
+                       temperature=2.0)
     for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
         with Image.open(tmp_path / name) as figure:
             assert figure.format == "PNG" and min(figure.size) >= 150
+
+
+def test_the_mistakes_are_titled_with_the_calibrated_confidence_that_predict_prints(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    written = {}
+    save = Figure.savefig
+
+    def save_and_read(figure, path, **options):
+        written[Path(path).name] = [text.get_text() for axes in figure.axes for text in axes.texts]
+        save(figure, path, **options)
+
+    monkeypatch.setattr(Figure, "savefig", save_and_read)
+    history = {"loss": [0.5], "accuracy": [0.8], "val_loss": [0.4], "val_accuracy": [0.85]}
+    labels = np.array([4, 1, 5])
+    probabilities = one_hot_guesses([9, 1, 3], [0.99, 0.9, 0.6])  # 99% sure of a wrong 9: 63% calibrated
+    train.draw_figures(tmp_path, history, train.test_report(probabilities, labels),
+                       np.zeros((3, 28, 28), np.uint8), labels, probabilities, temperature=2.5)
+    assert written[train.MISTAKES_FIGURE] == ["true 4 -> 9 (63%)", "true 5 -> 3 (24%)"]
 
 
 def test_a_figure_that_fails_is_a_warning(tmp_path, monkeypatch, capsys):
@@ -87,6 +109,6 @@ def test_a_figure_that_fails_is_a_warning(tmp_path, monkeypatch, capsys):
     history = {"loss": [0.5], "accuracy": [0.8], "val_loss": [0.4], "val_accuracy": [0.85]}
     probabilities = one_hot_guesses(PREDICTED, CONFIDENCE)
     train.draw_figures(tmp_path, history, train.test_report(probabilities, LABELS),
-                       np.zeros((10, 28, 28), np.uint8), LABELS, probabilities)
+                       np.zeros((10, 28, 28), np.uint8), LABELS, probabilities, temperature=2.0)
     assert capsys.readouterr().err.strip() == f"warning: {train.CONFUSION_FIGURE} was not drawn: no fonts"
     assert (tmp_path / train.HISTORY_FIGURE).exists() and (tmp_path / train.MISTAKES_FIGURE).exists()

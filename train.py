@@ -120,7 +120,8 @@ MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its o
 SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 
 STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into ...
-STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs
+STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs,
+STAGING_ASIDE = ".previous"  # ... and this folder, for the outputs the run replaces until they are replaced
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # all stop a run as Ctrl-C does
 
 EXIT_ERROR = 1
@@ -953,12 +954,14 @@ def writing_to(output_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
-            raise OutputError(f"could not write the outputs to {output_dir}: the disk is full; "
-                              "the previous outputs are as they were") from None
-        reason = error.strerror or str(error).splitlines()[0]
-        raise OutputError(f"could not write the outputs to {output_dir}: {reason}; "
+        raise OutputError(f"could not write the outputs to {output_dir}: {write_failure(error)}; "
                           "the previous outputs are as they were") from None
+
+
+def write_failure(error: OSError) -> str:
+    if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
+        return "the disk is full"
+    return error.strerror or str(error).splitlines()[0]
 
 
 class Staging:
@@ -977,6 +980,7 @@ class Staging:
         self.lock: io.TextIOBase | None = None
         self.moved: list[tuple[Path, Path]] = []  # (from, to) of every rename of the move, to undo in reverse
         self.published = False  # every output is in place
+        self.kept = False  # holds earlier outputs that could not be put back
 
     def __enter__(self) -> "Staging":
         with writing_to(self.output_dir):
@@ -997,7 +1001,7 @@ class Staging:
         """
         names = sorted(entry.name for entry in self.path.iterdir() if entry.name != STAGING_LOCK)
         not_made = [name for name in OUTPUT_FILES if name not in names and os.path.lexists(self.output_dir / name)]
-        aside = self.path / ".previous"
+        aside = self.path / STAGING_ASIDE
         aside.mkdir()
         with signals_deferred():
             try:
@@ -1005,10 +1009,8 @@ class Staging:
                     self.rename(self.output_dir / name, aside / name)
                 for name in names:
                     self.move_into_place(name, aside)
-            except OSError:
-                for source, target in reversed(self.moved):
-                    with contextlib.suppress(OSError):
-                        os.replace(target, source)
+            except OSError as error:
+                self.undo(error, aside)
                 raise
             self.published = True
         for name in not_made:
@@ -1031,10 +1033,24 @@ class Staging:
         os.replace(source, target)
         self.moved.append((source, target))
 
+    def undo(self, error: OSError, aside: Path) -> None:
+        """Put back every rename of the move, last first; if some cannot be, say where the earlier outputs are."""
+        not_back = []
+        for source, target in reversed(self.moved):
+            try:
+                os.replace(target, source)
+            except OSError:
+                not_back.append(target)
+        if any(path.parent == aside for path in not_back):  # this folder is then kept, by this run and the next
+            self.kept = True
+            raise OutputError(f"could not write the outputs to {self.output_dir}: {write_failure(error)}; "
+                              f"some of the previous outputs could not be put back: they are in {aside}") from None
+
     def __exit__(self, error_type, error, traceback) -> None:
         if self.lock is not None:
             self.lock.close()  # first: Windows deletes no file held open
-        shutil.rmtree(self.path, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.path, ignore_errors=True)
         if error_type is not None:
             for folder in reversed(self.created):
                 with contextlib.suppress(OSError):
@@ -1064,9 +1080,10 @@ def held_lock(path: Path) -> io.TextIOBase:
 
 
 def remove_stale_staging(output_dir: Path) -> None:
-    """Remove staging folders whose run is gone (killed with SIGKILL, or a power cut)."""
+    """Remove staging folders whose run is gone (killed with SIGKILL, or a power cut), but never
+    earlier outputs set aside in one: the run was stopped in the middle of its move, or could not undo it."""
     for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
-        if folder.is_dir() and not staging_in_use(folder):
+        if folder.is_dir() and not staging_in_use(folder) and not any(folder.glob(f"{STAGING_ASIDE}/*")):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -40,16 +40,25 @@ def replace_then(action, after: int):
     return replace
 
 
-def replace_failing(at: int):
-    """os.replace, whose `at`-th move fails as a locked file does: nothing moves."""
+def replace_failing(at: int, lasting: bool = False):
+    """os.replace, whose `at`-th move fails as a locked file does: nothing moves; and if `lasting`,
+    every later one too, as in a folder that became read-only."""
     real, calls = os.replace, []
 
     def replace(source, target):
         calls.append(target)
-        if len(calls) == at:
+        if len(calls) == at or lasting and len(calls) > at:
             raise PermissionError(13, "Permission denied")  # a history.csv open in a spreadsheet
         real(source, target)
     return replace
+
+
+def publish_new_outputs(out: Path) -> None:
+    """What a run does once it has made its outputs: stage them, and move them into place."""
+    with train.Staging(out) as staging, train.writing_to(out):
+        for name in OUTPUTS:
+            (staging.path / name).write_bytes(f"new {name}".encode())
+        staging.publish()
 
 
 def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch):
@@ -82,16 +91,33 @@ def test_an_error_at_any_rename_of_the_move_puts_every_old_output_back(tmp_path,
         with monkeypatch.context() as patch:
             patch.setattr(train.os, "replace", replace_failing(at))
             try:
-                with train.Staging(out) as staging, train.writing_to(out):
-                    for name in OUTPUTS:
-                        (staging.path / name).write_bytes(f"new {name}".encode())
-                    staging.publish()
+                publish_new_outputs(out)
             except train.OutputError as error:
                 assert str(error).endswith("Permission denied; the previous outputs are as they were")
             else:
                 break  # every rename of the move has failed once
         assert snapshot(out) == before, f"rename {at}"  # the staging folder removed, every old output back
     assert at == 2 * len(OUTPUTS) + 1  # each output: the old one set aside, the new one moved in
+
+
+def test_earlier_outputs_that_cannot_be_put_back_are_kept_where_the_error_says(tmp_path, monkeypatch):
+    for at in range(1, 2 * len(OUTPUTS) + 1):
+        out = tmp_path / str(at)
+        before = previous_good_run(out)
+        with monkeypatch.context() as patch, pytest.raises(train.OutputError) as error:
+            patch.setattr(train.os, "replace", replace_failing(at, lasting=True))
+            publish_new_outputs(out)
+        train.remove_stale_staging(out)  # as the next run does first
+        aside = list(out.glob(f".train-*/{train.STAGING_ASIDE}"))
+        kept = {path.name: path.read_bytes() for folder in (out, *aside) for path in folder.iterdir() if path.is_file()}
+        if at == 1:  # nothing moved
+            assert str(error.value).endswith("Permission denied; the previous outputs are as they were")
+            assert snapshot(out) == before
+        else:
+            assert aside, f"rename {at}: the earlier outputs set aside were deleted"
+            assert str(error.value).endswith(f"Permission denied; some of the previous outputs could not be put "
+                                             f"back: they are in {aside[0]}")
+            assert {name: kept[name] for name in before} == before, f"rename {at}"
 
 
 def a_signal_when(monkeypatch, module, name: str, armed=lambda: True, after: bool = False) -> None:

@@ -959,6 +959,7 @@ def writing_to(output_dir: Path) -> Iterator[None]:
 
 
 def write_failure(error: OSError) -> str:
+    """Why a write failed, in a few words: a full disk is said so, whichever library noticed it."""
     if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
         return "the disk is full"
     return error.strerror or str(error).splitlines()[0]
@@ -977,7 +978,7 @@ class Staging:
         self.output_dir = output_dir
         self.created: list[Path] = []  # folders this run made, deepest last
         self.path = output_dir
-        self.lock: io.TextIOBase | None = None
+        self.lock: io.TextIOWrapper | None = None
         self.moved: list[tuple[Path, Path]] = []  # (from, to) of every rename of the move, to undo in reverse
         self.published = False  # every output is in place
         self.kept = False  # holds earlier outputs that could not be put back
@@ -1064,7 +1065,7 @@ class InterruptedAfterSaving(KeyboardInterrupt):
 STAGING_UNLOCKED_SECONDS = 60  # a staging folder older than this without its lock file is stale
 
 
-def held_lock(path: Path) -> io.TextIOBase:
+def held_lock(path: Path) -> io.TextIOWrapper:
     """A file at `path`, locked for as long as it is open: its folder is in use.
 
     It is locked before it gets its name, so that no other run ever finds it unlocked while its run lives.

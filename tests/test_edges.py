@@ -121,16 +121,20 @@ def test_earlier_outputs_that_cannot_be_put_back_are_kept_where_the_error_says(t
             assert {name: kept[name] for name in before} == before, f"rename {at}"
 
 
-def a_signal_when(monkeypatch, module, name: str, armed=lambda: True, after: bool = False) -> None:
-    """Have train's `module`.`name` get a Ctrl-C on its first call once `armed()` (before or `after` it)."""
-    real, fired = getattr(module, name), []
+def ctrl_c_at_first_call(monkeypatch, module, name: str, armed=lambda: True, after: bool = False) -> None:
+    """Replace train's `module`.`name` by one that, on its first call once `armed()`, has this process
+    get a Ctrl-C: before the real call, or `after` it."""
+    real, called = getattr(module, name), []
 
     def call(*args, **kwargs):
-        if armed() and not fired and not after:
-            fired.append(os.kill(os.getpid(), signal.SIGINT))
+        first = armed() and not called
+        if armed():
+            called.append(name)
+        if first and not after:
+            os.kill(os.getpid(), signal.SIGINT)
         result = real(*args, **kwargs)
-        if armed() and not fired and after:
-            fired.append(os.kill(os.getpid(), signal.SIGINT))
+        if first and after:
+            os.kill(os.getpid(), signal.SIGINT)
         return result
     monkeypatch.setattr(train, module.__name__, types.SimpleNamespace(**{**vars(module), name: call}))
 
@@ -140,7 +144,7 @@ def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(syn
     before = previous_good_run(out)
     publishing, real_publish = [], train.Staging.publish
     monkeypatch.setattr(train.Staging, "publish", lambda staging: publishing.append(1) or real_publish(staging))
-    a_signal_when(monkeypatch, signal, "signal", armed=lambda: bool(publishing))  # as its handlers are installed
+    ctrl_c_at_first_call(monkeypatch, signal, "signal", armed=lambda: bool(publishing))  # installing its handlers
     done = quick_run(synthetic_npz, out)
     assert done.returncode == 130
     assert done.stderr.strip() == f"Interrupted: nothing was saved; {out} is as it was."
@@ -150,7 +154,7 @@ def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(syn
 def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
-    a_signal_when(monkeypatch, shutil, "rmtree", after=True)  # as the staging folder is removed
+    ctrl_c_at_first_call(monkeypatch, shutil, "rmtree", after=True)  # as the staging folder is removed
     done = quick_run(synthetic_npz, out)
     assert done.returncode == 130
     assert done.stderr.strip() == f"Interrupted after every output was saved in {out}."

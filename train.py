@@ -41,6 +41,11 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 
+try:
+    import fcntl  # file locks: how a run tells that another run's staging folder is in use
+except ImportError:  # Windows, where a file held open cannot be deleted instead
+    fcntl = None
+
 # -----------------------------------------------------------------------------
 # Defaults: every one of them can be changed on the command line.
 # -----------------------------------------------------------------------------
@@ -115,7 +120,9 @@ SERVE_PROCESSES = min(os.cpu_count() or 1, 4)  # processes answering requests, e
 MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its own TensorFlow)
 SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 
-STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into
+STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into ...
+STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs,
+STAGING_ASIDE = ".previous"  # ... and this folder, for the outputs the run replaces until they are replaced
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # all stop a run as Ctrl-C does
 
 EXIT_ERROR = 1
@@ -308,6 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("argument --tensorboard: the tensorboard package is not installed "
                      "(pip install tensorboard)")
+    logs = args.output_dir / TENSORBOARD_DIR
+    if args.tensorboard and os.path.lexists(logs) and not logs.is_dir():  # never replace what the run did not make
+        parser.error(f"argument --tensorboard: {logs} is not a folder; move it away, or choose another --output-dir")
     return args
 
 
@@ -878,6 +888,7 @@ def draw_figures(folder: Path, history: dict, report: dict, images: np.ndarray,
         try:
             draw(folder / name)
         except Exception as error:  # any rendering failure: the model matters more than a picture
+            (folder / name).unlink(missing_ok=True)  # a half-written figure is not saved
             warn(f"{name} was not drawn: {error}")
 
 
@@ -966,26 +977,34 @@ def writing_to(output_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
-            raise OutputError(f"could not write the outputs to {output_dir}: the disk is full; "
-                              "the previous outputs are as they were") from None
-        reason = error.strerror or str(error).splitlines()[0]
-        raise OutputError(f"could not write the outputs to {output_dir}: {reason}; "
+        raise OutputError(f"could not write the outputs to {output_dir}: {write_failure(error)}; "
                           "the previous outputs are as they were") from None
+
+
+def write_failure(error: OSError) -> str:
+    """Why a write failed, in a few words: a full disk is said so, whichever library noticed it."""
+    if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
+        return "the disk is full"
+    return error.strerror or str(error).splitlines()[0]
 
 
 class Staging:
     """A hidden folder beside the outputs; a failed or interrupted run leaves the output folder as it was.
 
     The outputs are written into it and then moved into place as one set: all new or, if anything
-    goes wrong part-way, all old again. A staging folder is named after the process that owns it,
-    so that one left behind by a run that was killed outright is cleaned up by the next.
+    goes wrong part-way, all old again. Its run holds a lock on a file in it for as long as it runs,
+    so that a folder left behind by a run that was killed outright is cleaned up by the next run,
+    and a live run's is not, even by a run on another computer writing to the same shared folder.
     """
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
         self.created: list[Path] = []  # folders this run made, deepest last
         self.path = output_dir
+        self.lock: io.TextIOWrapper | None = None
+        self.moved: list[tuple[Path, Path]] = []  # (from, to) of every rename of the move, to undo in reverse
+        self.published = False  # every output is in place
+        self.kept = False  # holds earlier outputs that could not be put back
 
     def __enter__(self) -> "Staging":
         with writing_to(self.output_dir):
@@ -995,45 +1014,67 @@ class Staging:
                 self.created.append(folder)
             remove_stale_staging(self.output_dir)
             self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
+            self.lock = held_lock(self.path / STAGING_LOCK)
         return self
 
     def publish(self) -> list[str]:
-        """Move every staged output into place as one set; signals wait until it is done, errors undo it."""
-        names = sorted(entry.name for entry in self.path.iterdir())
-        aside = self.path / ".previous"
+        """Move every staged output into place as one set; signals wait until it is done, errors undo it.
+
+        An earlier output this run did not make (a figure not drawn this time) is set aside with the
+        ones it replaces, so that the folder never holds a figure of one run beside another's model.
+        """
+        names = sorted(entry.name for entry in self.path.iterdir() if entry.name != STAGING_LOCK)
+        not_made = [name for name in OUTPUT_FILES if name not in names and os.path.lexists(self.output_dir / name)]
+        aside = self.path / STAGING_ASIDE
         aside.mkdir()
-        moved: list[tuple[Path, Path]] = []  # (from, to), to undo in reverse
-        try:
-            with signals_deferred():
-                try:
-                    for name in names:
-                        moved += self.move_into_place(name, aside)
-                except OSError:
-                    for source, target in reversed(moved):
-                        with contextlib.suppress(OSError):
-                            os.replace(target, source)
-                    raise
-        except KeyboardInterrupt:  # a signal that waited for the move: every output is in place
-            raise InterruptedAfterSaving from None
+        with signals_deferred():
+            try:
+                for name in not_made:
+                    self.rename(self.output_dir / name, aside / name)
+                for name in names:
+                    self.move_into_place(name, aside)
+            except OSError as error:
+                self.undo(error, aside)
+                raise
+            self.published = True
+        for name in not_made:
+            warn(f"the earlier {name} was removed, as this run did not make one: the outputs are all one run's")
         return names
 
-    def move_into_place(self, name: str, aside: Path) -> list[tuple[Path, Path]]:
-        """Move one staged output into the output folder, setting aside what it replaces; the moves made."""
+    def move_into_place(self, name: str, aside: Path) -> None:
+        """Move one staged output into the output folder, setting aside what it replaces."""
         source, target = self.path / name, self.output_dir / name
-        moved = []
         if name == TENSORBOARD_DIR and target.is_dir():  # earlier runs' logs are kept beside this run's
             for run in source.iterdir():
-                os.replace(run, target / run.name)
-                moved.append((run, target / run.name))
-            return moved
-        if target.exists():
-            os.replace(target, aside / name)
-            moved.append((target, aside / name))
+                self.rename(run, target / run.name)
+            return
+        if os.path.lexists(target):
+            self.rename(target, aside / name)
+        self.rename(source, target)
+
+    def rename(self, source: Path, target: Path) -> None:
+        """One rename of the move, noted as soon as it is done: an error after it undoes it too."""
         os.replace(source, target)
-        return moved + [(source, target)]
+        self.moved.append((source, target))
+
+    def undo(self, error: OSError, aside: Path) -> None:
+        """Put back every rename of the move, last first; if some cannot be, say where the earlier outputs are."""
+        not_back = []
+        for source, target in reversed(self.moved):
+            try:
+                os.replace(target, source)
+            except OSError:
+                not_back.append(target)
+        if any(path.parent == aside for path in not_back):  # this folder is then kept, by this run and the next
+            self.kept = True
+            raise OutputError(f"could not write the outputs to {self.output_dir}: {write_failure(error)}; "
+                              f"some of the previous outputs could not be put back: they are in {aside}") from None
 
     def __exit__(self, error_type, error, traceback) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.close()  # first: Windows deletes no file held open
+        if not self.kept:
+            shutil.rmtree(self.path, ignore_errors=True)
         if error_type is not None:
             for folder in reversed(self.created):
                 with contextlib.suppress(OSError):
@@ -1041,26 +1082,51 @@ class Staging:
 
 
 class InterruptedAfterSaving(KeyboardInterrupt):
-    """Stopped by a signal that waited for the outputs to be moved into place: they are all saved."""
+    """Stopped by a signal that came once the outputs were moved into place: they are all saved."""
+
+
+STAGING_UNLOCKED_SECONDS = 60  # a staging folder older than this without its lock file is stale
+
+
+def held_lock(path: Path) -> io.TextIOWrapper:
+    """A file at `path`, locked for as long as it is open: its folder is in use.
+
+    It is locked before it gets its name, so that no other run ever finds it unlocked while its run lives.
+    """
+    if fcntl is None:
+        return open(path, "w")  # Windows: a file held open cannot be deleted, which staging_in_use asks
+    draft = path.with_name(f"{path.name}.new")
+    lock = open(draft, "w")
+    with contextlib.suppress(OSError):  # a file system without locks: other runs then leave the folder alone
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    draft.rename(path)
+    return lock
 
 
 def remove_stale_staging(output_dir: Path) -> None:
-    """Remove staging folders whose run is no longer alive (killed with SIGKILL, or a power cut)."""
+    """Remove staging folders whose run is gone (killed with SIGKILL, or a power cut), but never
+    earlier outputs set aside in one: the run was stopped in the middle of its move, or could not undo it."""
     for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
-        owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
-        if folder.is_dir() and not (owner.isdigit() and process_alive(int(owner))):
+        if folder.is_dir() and not staging_in_use(folder) and not any(folder.glob(f"{STAGING_ASIDE}/*")):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id is running (signal 0 asks without sending anything)."""
+def staging_in_use(folder: Path) -> bool:
+    """Whether a run may still write to this staging folder: its lock is held, by a process on this
+    computer or on another one sharing the folder (a process id would tell neither the computer
+    nor a new process that got the id of one that died)."""
+    lock = folder / STAGING_LOCK
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
+        if not lock.exists():  # its run is between making the folder and locking it, or was killed there
+            return time.time() - folder.stat().st_mtime < STAGING_UNLOCKED_SECONDS
+        if fcntl is None:
+            lock.unlink()  # fails while its run holds it open
+        else:
+            with open(lock, "r+") as file:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held, or not ours to take: leave it
         return True
-    return True
+    return False
 
 
 @contextlib.contextmanager
@@ -1069,11 +1135,13 @@ def signals_deferred() -> Iterator[None]:
 
     Their handlers only take note meanwhile (Python runs handlers in the main thread, whichever
     thread the signal reached), and a signal noted is raised as KeyboardInterrupt after the block.
+    A signal while the handlers are being installed stops the run at once, before the block.
     """
     noted: list[int] = []
-    stopping = [sig for sig in STOP_SIGNALS if sig is not None]
-    previous = {sig: signal.signal(sig, lambda number, frame: noted.append(number)) for sig in stopping}
+    previous = {}
     try:
+        for sig in (sig for sig in STOP_SIGNALS if sig is not None):
+            previous[sig] = signal.signal(sig, lambda number, frame: noted.append(number))
         yield
     finally:
         for sig, handler in previous.items():
@@ -1083,7 +1151,7 @@ def signals_deferred() -> Iterator[None]:
 
 
 def draw_architecture(model, path: Path) -> None:
-    """The diagram is a nice-to-have: without Graphviz, warn once and carry on."""
+    """The diagram is a nice-to-have: without a working Graphviz, warn once and carry on."""
     import keras
 
     if shutil.which("dot") is None:
@@ -1091,10 +1159,13 @@ def draw_architecture(model, path: Path) -> None:
              f"install Graphviz ({GRAPHVIZ_INSTALL}) to get it")
         return
     try:
-        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True,
-                               show_layer_activations=True, show_trainable=True)
-    except ImportError as error:  # pydot missing, or a Graphviz that does not run
-        warn(f"{path.name} was not drawn: {error}")
+        with contextlib.redirect_stdout(io.StringIO()):  # pydot prints dot's whole output when dot fails
+            keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True,
+                                   show_layer_activations=True, show_trainable=True)
+    except Exception as error:  # pydot missing, a Graphviz that does not run or cannot write PNG, ...
+        path.unlink(missing_ok=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warn(f"{path.name} was not drawn: {reason}")
 
 
 def previous_test_accuracy(output_dir: Path) -> float | None:
@@ -1936,32 +2007,38 @@ def run(args: argparse.Namespace, started: float) -> None:
     if not args.quiet:
         print("\n".join(architecture_lines(model)))
 
-    with Staging(args.output_dir) as staging:
-        fit_started = time.perf_counter()
-        history = train(model, data, args, logs=staging.path)
-        fit_seconds = time.perf_counter() - fit_started
-        probabilities = classify(model, data.x_test)
-        report = test_report(probabilities, data.y_test)
-        print_results(history, report)
-        calibration = calibration_report(model, data, probabilities, args.seed)
-        print_calibration(calibration)
+    staging = Staging(args.output_dir)
+    try:
+        with staging:
+            fit_started = time.perf_counter()
+            history = train(model, data, args, logs=staging.path)
+            fit_seconds = time.perf_counter() - fit_started
+            probabilities = classify(model, data.x_test)
+            report = test_report(probabilities, data.y_test)
+            print_results(history, report)
+            calibration = calibration_report(model, data, probabilities, args.seed)
+            print_calibration(calibration)
 
-        with writing_to(args.output_dir):
-            draw_architecture(model, staging.path / DIAGRAM_FILE)
-            draw_figures(staging.path, history, report, data.x_test, data.y_test, probabilities,
-                         calibration["temperature"])
-            save_model(model, staging.path / MODEL_FILE, calibration["temperature"])
-            wall_seconds = time.perf_counter() - started
-            write_json(staging.path / METRICS_FILE,
-                       metrics_report(args, mnist.source, history, report, calibration,
-                                      wall_seconds, fit_seconds))
-            previous = previous_test_accuracy(args.output_dir)
-            written = staging.publish()
-    print(f"Saved {', '.join(written)} in {args.output_dir.resolve()} "
-          f"(training {fit_seconds:.1f} s, whole run {wall_seconds:.1f} s)")
-    if previous is not None and previous > report["accuracy"]:
-        print(f"Note: the {MODEL_FILE} this replaced was more accurate on the test set "
-              f"({100 * previous:.2f}% against {100 * report['accuracy']:.2f}% now)")
+            with writing_to(args.output_dir):
+                draw_architecture(model, staging.path / DIAGRAM_FILE)
+                draw_figures(staging.path, history, report, data.x_test, data.y_test, probabilities,
+                             calibration["temperature"])
+                save_model(model, staging.path / MODEL_FILE, calibration["temperature"])
+                wall_seconds = time.perf_counter() - started
+                write_json(staging.path / METRICS_FILE,
+                           metrics_report(args, mnist.source, history, report, calibration,
+                                          wall_seconds, fit_seconds))
+                previous = previous_test_accuracy(args.output_dir)
+                written = staging.publish()
+        print(f"Saved {', '.join(written)} in {args.output_dir.resolve()} "
+              f"(training {fit_seconds:.1f} s, whole run {wall_seconds:.1f} s)")
+        if previous is not None and previous > report["accuracy"]:
+            print(f"Note: the {MODEL_FILE} this replaced was more accurate on the test set "
+                  f"({100 * previous:.2f}% against {100 * report['accuracy']:.2f}% now)")
+    except KeyboardInterrupt:
+        if staging.published:  # it came during the move, or after it: every output is in place
+            raise InterruptedAfterSaving from None
+        raise
 
 
 class ClosedPipeTolerant(io.TextIOBase):

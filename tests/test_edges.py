@@ -1,13 +1,17 @@
 """The promises at the edges: signals, pipes, re-runs, one-line messages, words and numbers."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,7 @@ from PIL import Image
 
 import train
 from conftest import ROOT, TRAIN, Ran, run_here, run_train, synthetic_mnist
-from test_training import OUTPUTS, previous_good_run, signal_during_epoch, snapshot
+from test_training import FIGURES, OUTPUTS, previous_good_run, signal_during_epoch, snapshot
 
 
 def quick_run(data: Path, out: Path, *extra: str) -> Ran:
@@ -36,16 +40,33 @@ def replace_then(action, after: int):
     return replace
 
 
-def replace_failing(at: int):
-    """os.replace, whose `at`-th move fails as a locked file does: nothing moves."""
+def replace_failing(at: int, lasting: bool = False):
+    """os.replace, whose `at`-th move fails as a locked file does: nothing moves; and if `lasting`,
+    every later one too, as in a folder that became read-only."""
     real, calls = os.replace, []
 
     def replace(source, target):
         calls.append(target)
-        if len(calls) == at:
+        if len(calls) == at or lasting and len(calls) > at:
             raise PermissionError(13, "Permission denied")  # a history.csv open in a spreadsheet
         real(source, target)
     return replace
+
+
+def publish_new_outputs(out: Path, without: set[str] = set(), tensorboard: bool = False) -> None:
+    """What a run does once it has made its outputs (all, or all but those `without`; and TensorBoard's
+    logs): stage them, and move them into place."""
+    with train.Staging(out) as staging, train.writing_to(out):
+        for name in OUTPUTS - without:
+            (staging.path / name).write_bytes(f"new {name}".encode())
+        if tensorboard:
+            (staging.path / train.TENSORBOARD_DIR / "run-new").mkdir(parents=True)
+            (staging.path / train.TENSORBOARD_DIR / "run-new" / "events").write_text("new run")
+        staging.publish()
+
+
+def every_file(out: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()}
 
 
 def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch):
@@ -71,6 +92,90 @@ def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("without, tensorboard", [
+    (set(), False),  # each output: the old one set aside, the new one moved in
+    ({train.DIAGRAM_FILE}, True),  # ... and an old one this run did not make set aside, a new logs run moved in
+])
+def test_an_error_at_any_rename_of_the_move_puts_every_old_output_back(without, tensorboard, tmp_path, monkeypatch):
+    for at in itertools.count(1):
+        out = tmp_path / str(at)
+        previous_good_run(out)
+        (out / train.TENSORBOARD_DIR / "run-earlier").mkdir(parents=True)
+        (out / train.TENSORBOARD_DIR / "run-earlier" / "events").write_text("earlier run")
+        before = every_file(out)
+        with monkeypatch.context() as patch:
+            patch.setattr(train.os, "replace", replace_failing(at))
+            try:
+                publish_new_outputs(out, without, tensorboard)
+            except train.OutputError as error:
+                assert str(error).endswith("Permission denied; the previous outputs are as they were")
+            else:
+                break  # every rename of the move has failed once
+        assert every_file(out) == before, f"rename {at}"  # every old output back, the staging folder removed
+    assert at - 1 == 2 * len(OUTPUTS)
+
+
+def test_earlier_outputs_that_cannot_be_put_back_are_kept_where_the_error_says(tmp_path, monkeypatch):
+    for at in range(1, 2 * len(OUTPUTS) + 1):
+        out = tmp_path / str(at)
+        before = previous_good_run(out)
+        with monkeypatch.context() as patch, pytest.raises(train.OutputError) as error:
+            patch.setattr(train.os, "replace", replace_failing(at, lasting=True))
+            publish_new_outputs(out)
+        train.remove_stale_staging(out)  # as the next run does first
+        aside = list(out.glob(f".train-*/{train.STAGING_ASIDE}"))
+        kept = {path.name: path.read_bytes() for folder in (out, *aside) for path in folder.iterdir() if path.is_file()}
+        if at == 1:  # nothing moved
+            assert str(error.value).endswith("Permission denied; the previous outputs are as they were")
+            assert snapshot(out) == before
+        else:
+            assert aside, f"rename {at}: the earlier outputs set aside were deleted"
+            assert str(error.value).endswith(f"Permission denied; some of the previous outputs could not be put "
+                                             f"back: they are in {aside[0]}")
+            assert {name: kept[name] for name in before} == before, f"rename {at}"
+
+
+def ctrl_c_at_first_call(monkeypatch, module, name: str, armed=lambda: True, after: bool = False) -> None:
+    """Replace train's `module`.`name` by one that, on its first call once `armed()`, has this process
+    get a Ctrl-C: before the real call, or `after` it."""
+    real, called = getattr(module, name), []
+
+    def call(*args, **kwargs):
+        first = armed() and not called
+        if armed():
+            called.append(name)
+        if first and not after:
+            os.kill(os.getpid(), signal.SIGINT)
+        result = real(*args, **kwargs)
+        if first and after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(train, module.__name__, types.SimpleNamespace(**{**vars(module), name: call}))
+
+
+def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(synthetic_npz, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    publishing, real_publish = [], train.Staging.publish
+    monkeypatch.setattr(train.Staging, "publish", lambda staging: publishing.append(1) or real_publish(staging))
+    ctrl_c_at_first_call(monkeypatch, signal, "signal", armed=lambda: bool(publishing))  # installing its handlers
+    done = quick_run(synthetic_npz, out)
+    assert done.returncode == 130
+    assert done.stderr.strip() == f"Interrupted: nothing was saved; {out} is as it was."
+    assert snapshot(out) == before
+
+
+def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    ctrl_c_at_first_call(monkeypatch, shutil, "rmtree", after=True)  # as the staging folder is removed
+    done = quick_run(synthetic_npz, out)
+    assert done.returncode == 130
+    assert done.stderr.strip() == f"Interrupted after every output was saved in {out}."
+    after = snapshot(out)
+    assert set(after) == set(before) and all(after[name] != before[name] for name in before)
+
+
 def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = previous_good_run(out)
@@ -81,15 +186,41 @@ def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, mo
     assert snapshot(out) == before
 
 
-def test_staging_folders_of_dead_runs_are_removed_and_a_living_runs_kept(synthetic_npz, tmp_path):
+def lock_held_elsewhere(lock: Path) -> subprocess.Popen:
+    """Another process holding the lock on `lock`, as a run on another computer sharing the folder
+    does; it lets go when its stdin is closed."""
+    code = ("import fcntl, sys\n"
+            "lock = open(sys.argv[1], 'a')\n"
+            "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_a_staging_folder_is_removed_when_its_lock_is_free_and_never_while_it_is_held(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    for name in (f".train-{dead.stdout.strip()}-abc", ".train-k2j3h4", f".train-{os.getpid()}-xyz"):
-        (out / name).mkdir()
-        (out / name / "model.h5").write_text("half written")
-    assert quick_run(synthetic_npz, out).returncode == 0
-    assert sorted(p.name for p in out.glob(".train-*")) == [f".train-{os.getpid()}-xyz"]
+    held, free, unlocked, old = (out / f".train-{pid}-{name}" for pid, name in (
+        (999_999_999, "held"),  # a live run elsewhere: its process id means nothing here
+        (os.getpid(), "free"),  # a run killed outright, whose process id is now another process's
+        (1, "new"),  # a run this instant between making its folder and locking it ...
+        (1, "old")))  # ... or one killed then
+    for folder in (held, free, unlocked, old):
+        folder.mkdir(parents=True)
+        (folder / train.MODEL_FILE).write_text("half written")
+    (free / train.STAGING_LOCK).write_text("")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    holder = lock_held_elsewhere(held / train.STAGING_LOCK)
+    try:
+        with train.Staging(out) as staging:  # a run starts: it cleans up first
+            train.remove_stale_staging(out)  # and so does another one, while the first runs
+            assert set(out.glob(".train-*")) == {held, unlocked, staging.path}
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 def test_tensorboard_logs_go_to_a_new_run_folder_keeping_the_earlier_runs(synthetic_npz, tmp_path):
@@ -102,6 +233,16 @@ def test_tensorboard_logs_go_to_a_new_run_folder_keeping_the_earlier_runs(synthe
     assert (out / "logs/run-earlier/events").read_text() == "earlier run"
     events = list(new[0].rglob("events.out.tfevents.*"))
     assert events and all(event.stat().st_size > 0 for event in events)
+
+
+def test_a_file_named_like_the_tensorboard_folder_is_refused_and_kept(tmp_path, capsys):
+    (tmp_path / train.TENSORBOARD_DIR).write_text("my notes")
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--output-dir", str(tmp_path), "--tensorboard"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"error: argument --tensorboard: {tmp_path / 'logs'} is not a folder; move "
+                                       "it away, or choose another --output-dir (python train.py --help lists the options)\n")
+    assert (tmp_path / train.TENSORBOARD_DIR).read_text() == "my notes"
 
 
 def test_a_folder_named_like_an_output_is_never_deleted(tmp_path, capsys):
@@ -307,10 +448,59 @@ def test_a_failed_download_points_to_data(monkeypatch):
         train.load_mnist(None)
 
 
-def test_the_diagram_shows_activations_and_what_is_trainable(monkeypatch, tmp_path):
+def test_the_diagram_shows_activations_and_what_is_trainable(tmp_path):
     keras = pytest.importorskip("keras")
-    asked = {}
-    monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/dot")
-    monkeypatch.setattr(keras.utils, "plot_model", lambda model, **options: asked.update(options))
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot is not installed, so no diagram is drawn")
+    model = train.build_model()
+    train.draw_architecture(model, tmp_path / "diagram.png")
+    keras.utils.plot_model(model, to_file=str(tmp_path / "plain.png"), show_shapes=True, show_layer_names=True)
+    with Image.open(tmp_path / "diagram.png") as diagram, Image.open(tmp_path / "plain.png") as plain:
+        assert diagram.format == "PNG" and diagram.height >= plain.height
+        assert diagram.width > plain.width + 100  # two more columns: the activation, and trainable or not
+
+
+def failing_graphviz(folder: Path) -> Path:
+    """A `dot` that runs but cannot write PNG, as a Graphviz built without its PNG plugin."""
+    folder.mkdir()
+    dot = folder / "dot"
+    dot.write_text("#!/bin/sh\n"
+                   "case \"$*\" in *-Tpng*) echo 'Format: \"png\" not recognized. Use one of: ps' >&2; exit 1;; esac\n"
+                   "cat > /dev/null; echo '%!PS'\n")
+    dot.chmod(0o755)
+    return folder
+
+
+def test_a_graphviz_that_fails_is_one_warning_and_no_diagram(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("pydot")
+    monkeypatch.setenv("PATH", f"{failing_graphviz(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
     train.draw_architecture(train.build_model(), tmp_path / "diagram.png")
-    assert asked["show_layer_activations"] and asked["show_trainable"] and asked["show_shapes"]
+    printed = capsys.readouterr()
+    assert printed.out == ""  # not pydot's dump of dot's output
+    assert printed.err.startswith("warning: diagram.png was not drawn: ") and printed.err.count("\n") == 1
+    assert "returned code: 1" in printed.err
+    assert not (tmp_path / "diagram.png").exists()
+
+
+def test_figures_this_run_did_not_make_go_with_the_earlier_set(tmp_path, capsys):
+    out = tmp_path / "out"
+    previous_good_run(out)
+    publish_new_outputs(out, without={train.DIAGRAM_FILE, train.CONFUSION_FIGURE})  # no Graphviz; one that failed
+    assert snapshot(out) == {name: f"new {name}".encode() for name in OUTPUTS - {train.DIAGRAM_FILE,
+                                                                                   train.CONFUSION_FIGURE}}
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: the earlier model_architecture.png was removed, as this run did not make one: the outputs are all one run's",
+        "warning: the earlier confusion_matrix.png was removed, as this run did not make one: the outputs are all one run's"]
+
+
+def test_a_figure_that_fails_half_drawn_is_not_kept(tmp_path, monkeypatch, capsys):
+    def half_drawn(*args):
+        args[-1].write_bytes(b"\x89PNG half")
+        raise RuntimeError("the renderer ran out of memory")
+
+    for plot in ("plot_history", "plot_confusion", "plot_mistakes"):
+        monkeypatch.setattr(train, plot, half_drawn)
+    train.draw_figures(tmp_path, {}, {"confusion_matrix": []}, np.zeros((1, 28, 28)), np.zeros(1), np.zeros((1, 10)))
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == "".join(f"warning: {name} was not drawn: the renderer ran out of memory\n"
+                                              for name in FIGURES)

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 import train
-from conftest import is_png, run_here, run_train
+from conftest import TRAIN, is_png, run_here, run_train
 
 OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE, train.HISTORY_FILE,
            train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE}
@@ -234,6 +236,28 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_n
     assert len(during) == len(OUTPUTS) + 1  # the run's staging folder, hidden, beside the outputs
     assert done.returncode == 130
     assert done.stderr.strip() == f"Interrupted: nothing was saved; {out} is as it was."
+    assert snapshot(out) == before
+
+
+def test_ctrl_c_in_a_terminal_stops_a_starting_run_cleanly(synthetic_npz, tmp_path):
+    """As a terminal sends it: SIGINT to the whole process group, the filter of stderr included; while
+    TensorFlow starts, when a user waiting is likeliest to press it (during training: the tests above)."""
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--data", str(synthetic_npz), "--output-dir", str(out)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # a process group of its own, as in a terminal
+    try:
+        for line in process.stdout:
+            if line.startswith("Data: "):  # printed just before TensorFlow starts
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert err == f"\nInterrupted: nothing was saved; {out} is as it was.\n"
     assert snapshot(out) == before
 
 

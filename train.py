@@ -149,13 +149,21 @@ ALL_TENSORFLOW_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # The forwarder of stderr: a separate process, so that what a dying process wrote still arrives.
+# The signals that stop a run do not stop it: it ends when the run closes the pipe. When the real
+# stderr is gone (a closed terminal), it goes on reading, so that a write to stderr never fails.
 FORWARD_STDERR = """
-import re, sys
-chatter = re.compile(sys.argv[1])
+import re, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+chatter, target = re.compile(sys.argv[1]), sys.stdout.buffer
 for line in sys.stdin.buffer:
-    if not chatter.search(line.decode(errors="replace")):
-        sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
+    if target and not chatter.search(line.decode(errors="replace")):
+        try:
+            target.write(line)
+            target.flush()
+        except OSError:
+            target = None
 """
 
 # Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
@@ -473,6 +481,12 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
     Being a process of its own, it forwards what is still in the pipe even when this one dies
     (a fatal error, an abort, faulthandler's traceback), then ends. A user who set
     TF_CPP_MIN_LOG_LEVEL=0 asked for all of TensorFlow's messages: then nothing is filtered.
+
+    Nothing in the user's folder or terminal stops it: it runs isolated (-I: a re.py in the
+    current folder is not imported instead of Python's), in a session of its own (Ctrl-C and a
+    closed terminal reach the run, not it), ignoring the signals that stop a run. Killed all the
+    same, it is succeeded by a thread of this process, which holds a read end of the pipe too:
+    a write to stderr never fails for want of a reader.
     """
     if ALL_TENSORFLOW_LOGS:
         yield
@@ -480,18 +494,34 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
     sys.stderr.flush()
     real_stderr = os.dup(2)
     read_end, write_end = os.pipe()
-    forwarder = subprocess.Popen([sys.executable, "-S", "-c", FORWARD_STDERR, TENSORFLOW_CHATTER.pattern],
-                                 stdin=read_end, stdout=real_stderr, stderr=subprocess.DEVNULL)
-    os.close(read_end)
+    forwarder = subprocess.Popen([sys.executable, "-I", "-S", "-c", FORWARD_STDERR, TENSORFLOW_CHATTER.pattern],
+                                 stdin=read_end, stdout=real_stderr, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
     os.dup2(write_end, 2)
     os.close(write_end)
+    successor = threading.Thread(target=forward_after, args=(forwarder, read_end, real_stderr), daemon=True)
+    successor.start()
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(real_stderr, 2)  # closes the pipe's last write end: the forwarder sees the end
-        forwarder.wait()
+        successor.join()
         os.close(real_stderr)
+
+
+def forward_after(forwarder: subprocess.Popen, read_end: int, real_stderr: int) -> None:
+    """When the forwarder has ended, forward what comes through the pipe until its end, as it would have.
+
+    The forwarder ends at the pipe's end, leaving nothing to forward: this thread takes over
+    only from a forwarder that was killed.
+    """
+    forwarder.wait()
+    with open(read_end, "rb") as pipe, open(os.dup(real_stderr), "wb", buffering=0) as target:
+        for line in pipe:
+            if not TENSORFLOW_CHATTER.search(line.decode(errors="replace")):
+                with contextlib.suppress(OSError):  # the real stderr gone too: keep the pipe drained
+                    target.write(line)
 
 
 def start_tensorflow(seed: int) -> None:

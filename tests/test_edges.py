@@ -322,6 +322,28 @@ def test_if_the_stderr_forwarder_is_killed_stderr_still_reaches_the_terminal():
     assert err == "warning: Graphviz not found\nstill here\n"
 
 
+def test_when_the_terminal_is_gone_writing_to_stderr_still_does_not_fail_the_run():
+    code = ("import sys, train\n"
+            "with train.tensorflow_chatter_filtered():\n"
+            "    print('filtering', flush=True)\n"
+            "    for line in sys.stdin:  # the test closes the terminal before the first line\n"
+            "        train.warn(line.strip())\n"
+            "        print('written', flush=True)\n"
+            "print('done', flush=True)\n")
+    run = started_alone(code)
+    assert run.stdout.readline() == "filtering\n"
+    forwarder = forwarder_of(run.pid)
+    run.stderr.close()  # writing to a closed terminal fails, as to a pipe with no reader
+    run.stdin.write("Graphviz not found\n")
+    run.stdin.flush()
+    assert run.stdout.readline() == "written\n"
+    give_up = time.monotonic() + 0.5
+    while alive(forwarder) and time.monotonic() < give_up:  # a forwarder that the failed write stops has stopped
+        time.sleep(0.01)
+    out, _ = run.communicate("a figure failed\n", timeout=30)
+    assert run.returncode == 0 and out == "written\ndone\n"
+
+
 @pytest.mark.parametrize("total, fraction, kept", [(60_000, 1 / 3, 40_000), (59_999, 0.2, 47_999), (60_000, 0.2, 48_000)])
 def test_the_validation_split_is_exactly_keras(total, fraction, kept):
     labels = np.zeros(total, np.uint8)

@@ -77,6 +77,9 @@ OUTPUT_FILES = (MODEL_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FI
                 MISTAKES_FIGURE)
 
 WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
+PICTURE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # what photos and drawings come in: only these
+# are opened (Pillow would run Ghostscript on an EPS, and each format it reads is code exposed to the file)
+NOT_A_PICTURE_FORMAT = "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera was held
 MAX_PICTURE_PIXELS = 60_000_000  # larger pictures are refused: more than any phone's camera takes
 DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
@@ -157,13 +160,21 @@ ALL_TENSORFLOW_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # The forwarder of stderr: a separate process, so that what a dying process wrote still arrives.
+# The signals that stop a run do not stop it: it ends when the run closes the pipe. When the real
+# stderr is gone (a closed terminal), it goes on reading, so that a write to stderr never fails.
 FORWARD_STDERR = """
-import re, sys
-chatter = re.compile(sys.argv[1])
+import re, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+chatter, target = re.compile(sys.argv[1]), sys.stdout.buffer
 for line in sys.stdin.buffer:
-    if not chatter.search(line.decode(errors="replace")):
-        sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
+    if target and not chatter.search(line.decode(errors="replace")):
+        try:
+            target.write(line)
+            target.flush()
+        except OSError:
+            target = None
 """
 
 # Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
@@ -195,6 +206,12 @@ class Mnist(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+
+
+class Picture(NamedTuple):
+    """A picture as grey levels, and how many of the user's pixels one of its pixels stands for."""
+    grey: np.ndarray  # in [0, 1], at most WORK_SIZE pixels a side
+    scale: float  # the user's pixels per pixel of `grey`: above 1 when the picture was shrunk
 
 
 class Reading(NamedTuple):
@@ -240,6 +257,14 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def picture_path(text: str) -> Path:
+    """A file or folder given to --predict: a web address is said not to be one, as it was typed."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
+        raise argparse.ArgumentTypeError(f"{text}: web addresses are not read; download the picture "
+                                         "and give the file")
+    return Path(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line with a pointer to --help, not the whole usage block."""
 
@@ -277,9 +302,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true",
                         help="print only the results, no training progress")
     recognizing = parser.add_argument_group("recognizing your own digits (no training)")
-    recognizing.add_argument("--predict", nargs="+", type=Path, metavar="IMAGE",
-                             help="classify these pictures of single digits (PNG, JPEG, BMP, GIF, "
-                                  "TIFF, ...), or every picture in a folder")
+    recognizing.add_argument("--predict", nargs="+", type=picture_path, metavar="IMAGE",
+                             help="classify these pictures of single digits (PNG, JPEG, GIF, BMP, "
+                                  "TIFF or WebP), or every picture in a folder")
     recognizing.add_argument("--model", type=Path, metavar="PATH",
                              help="the model to use, with --predict or --serve (default: OUTPUT_DIR/model.h5)")
     recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
@@ -484,6 +509,12 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
     Being a process of its own, it forwards what is still in the pipe even when this one dies
     (a fatal error, an abort, faulthandler's traceback), then ends. A user who set
     TF_CPP_MIN_LOG_LEVEL=0 asked for all of TensorFlow's messages: then nothing is filtered.
+
+    Nothing in the user's folder or terminal stops it: it runs isolated (-I: a re.py in the
+    current folder is not imported instead of Python's), in a session of its own (Ctrl-C and a
+    closed terminal reach the run, not it), ignoring the signals that stop a run. Killed all the
+    same, it is succeeded by a thread of this process, which holds a read end of the pipe too:
+    a write to stderr never fails for want of a reader.
     """
     if ALL_TENSORFLOW_LOGS:
         yield
@@ -491,18 +522,34 @@ def tensorflow_chatter_filtered() -> Iterator[None]:
     sys.stderr.flush()
     real_stderr = os.dup(2)
     read_end, write_end = os.pipe()
-    forwarder = subprocess.Popen([sys.executable, "-S", "-c", FORWARD_STDERR, TENSORFLOW_CHATTER.pattern],
-                                 stdin=read_end, stdout=real_stderr, stderr=subprocess.DEVNULL)
-    os.close(read_end)
+    forwarder = subprocess.Popen([sys.executable, "-I", "-S", "-c", FORWARD_STDERR, TENSORFLOW_CHATTER.pattern],
+                                 stdin=read_end, stdout=real_stderr, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
     os.dup2(write_end, 2)
     os.close(write_end)
+    successor = threading.Thread(target=forward_after, args=(forwarder, read_end, real_stderr), daemon=True)
+    successor.start()
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(real_stderr, 2)  # closes the pipe's last write end: the forwarder sees the end
-        forwarder.wait()
+        successor.join()
         os.close(real_stderr)
+
+
+def forward_after(forwarder: subprocess.Popen, read_end: int, real_stderr: int) -> None:
+    """When the forwarder has ended, forward what comes through the pipe until its end, as it would have.
+
+    The forwarder ends at the pipe's end, leaving nothing to forward: this thread takes over
+    only from a forwarder that was killed.
+    """
+    forwarder.wait()
+    with open(read_end, "rb") as pipe, open(os.dup(real_stderr), "wb", buffering=0) as target:
+        for line in pipe:
+            if not TENSORFLOW_CHATTER.search(line.decode(errors="replace")):
+                with contextlib.suppress(OSError):  # the real stderr gone too: keep the pipe drained
+                    target.write(line)
 
 
 def start_tensorflow(seed: int) -> None:
@@ -1221,6 +1268,11 @@ def write_json(path: Path, content: dict) -> None:
 # -----------------------------------------------------------------------------
 def load_picture(path: Path) -> np.ndarray:
     """The picture in the file `path` as grey levels (see decode_picture)."""
+    return open_picture(path).grey
+
+
+def open_picture(path: Path) -> Picture:
+    """The picture in the file `path`; what keeps it from being read is said in a PictureError."""
     if path.is_dir():
         raise PictureError("a folder with no pictures")
     if not path.exists():
@@ -1231,36 +1283,50 @@ def load_picture(path: Path) -> np.ndarray:
         raise PictureError("file is empty")
     try:
         with open(path, "rb") as file:
-            return decode_picture(file)
+            return picture_from(file)
     except PermissionError:
         raise PictureError("permission denied") from None
+    except OSError as error:  # a disk or network share failing under the file
+        raise PictureError(f"cannot read the file ({error.strerror or error})") from None
 
 
 def decode_picture(file: BinaryIO) -> np.ndarray:
-    """Grey levels in [0, 1], at most WORK_SIZE pixels a side.
+    """Grey levels in [0, 1], at most WORK_SIZE pixels a side (see picture_from)."""
+    return picture_from(file).grey
 
-    See-through parts are laid over the colour the marks stand out from: black under light
-    strokes, white under dark ones, so a drawing exported from a canvas reads either way.
+
+def picture_from(file: BinaryIO) -> Picture:
+    """The picture in `file`, at most WORK_SIZE pixels a side, as grey levels in [0, 1].
+
+    Only PICTURE_FORMATS are opened. See-through parts are laid over the colour the marks stand
+    out from: black under light strokes, white under dark ones, so a drawing exported from a
+    canvas reads either way. Whatever goes wrong in decoding is this picture's PictureError: a
+    damaged file can make Pillow raise nearly anything (struct.error, IndexError, ...).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # Pillow's own guard only warns; the limit below is said in words
     try:
-        with Image.open(file) as picture:
+        with Image.open(file, formats=PICTURE_FORMATS) as picture:
             if picture.width * picture.height > MAX_PICTURE_PIXELS:
                 raise PictureError(f"too large to read safely ({picture.width}x{picture.height} pixels; "
                                    f"at most {MAX_PICTURE_PIXELS // 10**6} megapixels)")
+            longer_side = max(picture.size)
             picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
             if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # photos: upright as the camera meant
                 picture = ImageOps.exif_transpose(picture)
             picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-                return over_contrasting_background(picture.convert("RGBA"))
-            return np.asarray(picture.convert("L"), dtype=np.float32) / 255
+                grey = over_contrasting_background(picture.convert("RGBA"))
+            else:
+                grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255
+            return Picture(grey, longer_side / max(grey.shape))
+    except PictureError:
+        raise
     except UnidentifiedImageError:
-        raise PictureError("not an image in a format Pillow reads") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's ways of saying "broken file"
-        raise PictureError(f"unreadable image ({error})") from None
+        raise PictureError(NOT_A_PICTURE_FORMAT) from None
+    except Exception as error:  # a broken file, whichever part of Pillow finds it broken
+        raise PictureError(f"unreadable image ({str(error) or type(error).__name__})") from None
 
 
 def over_contrasting_background(rgba) -> np.ndarray:
@@ -1272,14 +1338,14 @@ def over_contrasting_background(rgba) -> np.ndarray:
     return grey * alpha + (0.0 if light_marks else 1.0) * (1 - alpha)
 
 
-def read_digit(grey: np.ndarray) -> Reading:
+def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     """The 28x28 input the model needs, made from a picture of one digit as MNIST's were made.
 
     MNIST's digits are pen strokes scanned in black and white, scaled to fit 20x20 with their
     aspect ratio kept (which anti-aliases them) and centred by centre of mass in 28x28. So the
     picture's ink is found and thresholded, ruled lines, specks and a box drawn around the
     digit are left out, the pen's width is brought within MNIST's, and then MNIST's own steps
-    follow.
+    follow. Sizes in the notes are in the user's pixels, `scale` of them to each pixel of `grey`.
     """
     ink, enlarged = ink_map(grey)
     strokes, strength = ink_strokes(ink)
@@ -1287,10 +1353,13 @@ def read_digit(grey: np.ndarray) -> Reading:
     notes = []
     if several:
         notes.append("several marks: used the largest")
-    height = round(marks.shape[0] / enlarged)
-    if height < SMALL_DIGIT:
-        notes.append(f"the digit is only {height} pixels tall")
-    if marks.sum() / enlarged ** 2 < LITTLE_INK:
+    height = marks.shape[0] / enlarged  # in the pixels read, which a large picture has fewer of than the user's
+    if height * scale < SMALL_DIGIT:
+        notes.append(f"the digit is only {round(height * scale)} pixels tall")
+    elif height < SMALL_DIGIT:
+        notes.append(f"the digit is small for so large a picture ({round(height * scale)} pixels tall): "
+                     "crop closer to it")
+    if marks.sum() * (scale / enlarged) ** 2 < LITTLE_INK:
         notes.append("almost no ink")
     if strength < FAINT_CONTRAST:
         notes.append("very faint")
@@ -1593,11 +1662,20 @@ def chosen_model(args: argparse.Namespace) -> Path:
 
 
 def check_model_file(path: Path) -> None:
-    """Say what is wrong with the model file, if anything."""
+    """Say what is wrong with the model file, if anything: in words of our own, not Keras's
+    paragraph about its formats."""
+    import h5py
+
     if path.is_dir():
         raise DataError(f"{path}: a folder, not a model file")
     if not path.is_file():
         raise DataError(f"{path}: no such model file; train one first with: python train.py")
+    try:
+        keras_format = h5py.is_hdf5(path) or zipfile.is_zipfile(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the model file ({error.strerror or error})") from None
+    if not keras_format:
+        raise DataError(f"{path}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)")
 
 
 class Recognizer:
@@ -1658,11 +1736,13 @@ def model_temperature(path: Path) -> float | None:
 def pictures_in(paths: list[Path]) -> list[Path]:
     """The pictures to classify: the files named, and the pictures in the folders named, sorted.
 
-    What a folder holds that is not a picture is skipped with a note; hidden files silently.
+    What a folder holds that is not a picture (a folder inside it, too) is skipped with a note;
+    hidden files silently.
     """
     from PIL import Image
 
-    kinds = {extension.lower() for extension in Image.registered_extensions()}
+    known = {extension.lower(): kind for extension, kind in Image.registered_extensions().items()}
+    kinds = {extension for extension, kind in known.items() if kind in PICTURE_FORMATS}
     pictures = []
     for path in paths:
         if not path.is_dir():
@@ -1672,8 +1752,11 @@ def pictures_in(paths: list[Path]) -> list[Path]:
         for entry in found:
             if entry.is_file() and entry.suffix.lower() in kinds:
                 pictures.append(entry)
+            elif entry.is_dir():
+                print(f"{entry}: skipped: a folder (only the pictures directly in {path} are read)", file=sys.stderr)
             else:
-                print(f"{entry}: skipped: not a picture", file=sys.stderr)
+                why = NOT_A_PICTURE_FORMAT if entry.suffix.lower() in known else "not a picture"
+                print(f"{entry}: skipped: {why}", file=sys.stderr)
         if not any(entry.is_file() and entry.suffix.lower() in kinds for entry in found):
             pictures.append(path)  # reported as an error: a folder with no pictures
     return pictures
@@ -1711,7 +1794,7 @@ def predict(args: argparse.Namespace) -> int:
     readings, errors = {}, {}
     for path in pictures:
         try:
-            readings[path] = read_digit(load_picture(path))
+            readings[path] = read_digit(*open_picture(path))
         except PictureError as error:
             errors[path] = str(error)
     start_tensorflow(SEED)

@@ -376,6 +376,114 @@ def test_tensorflows_own_messages_show_when_the_user_asks():
     assert "I0000" in done.stderr
 
 
+def test_a_re_py_in_the_current_folder_breaks_neither_the_warnings_nor_the_run(model_file, tmp_path):
+    for shadow in ("re.py", "enum.py"):  # a learner's own files, named like Python's modules
+        (tmp_path / shadow).write_text("raise SystemExit('this is not the standard module')\n")
+    (tmp_path / "pictures").mkdir()
+    Image.new("L", (100, 100), 255).save(tmp_path / "pictures" / "blank.png")
+    Image.fromarray(255 - np.eye(100, dtype=np.uint8) * 255).save(tmp_path / "pictures" / "one.png")
+    (tmp_path / "pictures" / "notes.txt").write_text("not a picture")
+    done = subprocess.run([sys.executable, str(TRAIN), "--predict", "pictures", "--model", str(model_file),
+                           "--save-preprocessed", "seen"],
+                          cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert done.stderr.splitlines() == [f"{Path('pictures', 'notes.txt')}: skipped: not a picture",
+                                        f"{Path('pictures', 'blank.png')}: error: {train.BLANK_PICTURE}"]
+    assert done.returncode == 1 and done.stdout.startswith(f"{Path('pictures', 'one.png')}: ")
+    assert (tmp_path / "seen" / "one.png").is_file()
+
+
+def started_alone(code: str, *args: str | Path) -> subprocess.Popen:
+    """`python -c code args` in a session of its own, as a terminal starts a command: a signal to
+    its process group reaches it and every process it started there."""
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def forwarder_of(pid: int) -> int:
+    """The stderr forwarder, the one process that the process `pid` has started."""
+    [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(child)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process `pid` still runs: not ended, and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ctrl_c_in_a_terminal_is_reported_and_loses_nothing(synthetic_npz, tmp_path):
+    out = tmp_path / "out"
+    before = previous_good_run(out)
+    code = ("import sys, time, train\n"
+            "def start_tensorflow(seed):  # where this run is when Ctrl-C comes\n"
+            "    try:\n"
+            "        print('started', flush=True)\n"
+            "        time.sleep(60)\n"
+            "    except KeyboardInterrupt:  # a clean-up that has something to say, once the signal has\n"
+            "        print('interrupted', flush=True)  # reached the forwarder too (the test says when)\n"
+            "        sys.stdin.readline()\n"
+            "        train.warn('stopping')\n"
+            "        raise\n"
+            "train.start_tensorflow = start_tensorflow\n"
+            "sys.exit(train.main(sys.argv[1:]))\n")
+    run = started_alone(code, "--data", synthetic_npz, "--epochs", "1", "--output-dir", out, "--quiet")
+    assert run.stdout.readline() == "started\n"
+    forwarder = forwarder_of(run.pid)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does: to the whole foreground process group
+    assert run.stdout.readline() == "interrupted\n"
+    give_up = time.monotonic() + 0.5
+    while alive(forwarder) and time.monotonic() < give_up:  # a forwarder the signal stops has stopped by then
+        time.sleep(0.01)
+    _, err = run.communicate("go on\n", timeout=30)
+    assert run.returncode == train.EXIT_INTERRUPTED
+    assert err == f"warning: stopping\n\nInterrupted: nothing was saved; {out} is as it was.\n"
+    assert snapshot(out) == before
+
+
+def test_if_the_stderr_forwarder_is_killed_stderr_still_reaches_the_terminal():
+    code = ("import os, sys, train\n"
+            "with train.tensorflow_chatter_filtered():\n"
+            "    print('filtering', flush=True)\n"
+            "    sys.stdin.readline()  # the test kills the forwarder meanwhile\n"
+            "    train.warn('Graphviz not found')\n"
+            "    os.write(2, b'I0000 00:00 chatter\\n')\n"
+            "    print('still here', file=sys.stderr)\n")
+    run = started_alone(code)
+    assert run.stdout.readline() == "filtering\n"
+    forwarder = forwarder_of(run.pid)
+    os.kill(forwarder, signal.SIGKILL)
+    while alive(forwarder):
+        time.sleep(0.01)
+    _, err = run.communicate("go on\n", timeout=30)
+    assert run.returncode == 0
+    assert err == "warning: Graphviz not found\nstill here\n"
+
+
+def test_when_the_terminal_is_gone_writing_to_stderr_still_does_not_fail_the_run():
+    code = ("import sys, train\n"
+            "with train.tensorflow_chatter_filtered():\n"
+            "    print('filtering', flush=True)\n"
+            "    for line in sys.stdin:  # the test closes the terminal before the first line\n"
+            "        train.warn(line.strip())\n"
+            "        print('written', flush=True)\n"
+            "print('done', flush=True)\n")
+    run = started_alone(code)
+    assert run.stdout.readline() == "filtering\n"
+    forwarder = forwarder_of(run.pid)
+    run.stderr.close()  # writing to a closed terminal fails, as to a pipe with no reader
+    run.stdin.write("Graphviz not found\n")
+    run.stdin.flush()
+    assert run.stdout.readline() == "written\n"
+    give_up = time.monotonic() + 0.5
+    while alive(forwarder) and time.monotonic() < give_up:  # a forwarder that the failed write stops has stopped
+        time.sleep(0.01)
+    out, _ = run.communicate("a figure failed\n", timeout=30)
+    assert run.returncode == 0 and out == "written\ndone\n"
+
+
 @pytest.mark.parametrize("total, fraction, kept", [(60_000, 1 / 3, 40_000), (59_999, 0.2, 47_999), (60_000, 0.2, 48_000)])
 def test_the_validation_split_is_exactly_keras(total, fraction, kept):
     labels = np.zeros(total, np.uint8)

@@ -157,7 +157,7 @@ def test_a_folder_is_read_in_order_skipping_what_is_not_a_picture(model_file, tm
     assert done.returncode == 1  # a picture that could not be read
     assert [line.split(": ")[0] for line in done.stdout.splitlines()] == [str(folder / "a.png"), str(folder / "b.png")]
     assert done.stderr.splitlines() == [f"{folder / 'notes.txt'}: skipped: not a picture",
-                                        f"{folder / 'broken.jpg'}: error: not an image in a format Pillow reads"]
+                                        f"{folder / 'broken.jpg'}: error: not a PNG, JPEG, GIF, BMP, TIFF or WebP image"]
 
 
 def test_json_gives_one_object_per_picture_with_calibrated_probabilities(model_file, tmp_path):
@@ -168,7 +168,7 @@ def test_json_gives_one_object_per_picture_with_calibrated_probabilities(model_f
     done = run_here("--predict", folder, "--model", model_file, "--format", "json")
     assert done.returncode == 1 and done.stderr == ""
     first, second = map(json.loads, done.stdout.splitlines())
-    assert second == {"path": str(folder / "broken.png"), "error": "not an image in a format Pillow reads"}
+    assert second == {"path": str(folder / "broken.png"), "error": "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"}
     assert set(first) == {"path", "digit", "confidence", "probabilities", "notes"}
     assert first["path"] == str(folder / "a.png") and first["notes"] == []
     raw = train.load_trained_model(model_file)(read(folder / "a.png").image[None]).numpy()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
     assert errors == {
         str(tmp_path / "missing.png"): "no such file",
         str(tmp_path / "empty.png"): "file is empty",
-        str(tmp_path / "notes.png"): "not an image in a format Pillow reads",
+        str(tmp_path / "notes.png"): "not a PNG, JPEG, GIF, BMP, TIFF or WebP image",
         str(tmp_path / "blank.png"): "no digit found (the image looks blank)",
         str(tmp_path / "album"): "a folder with no pictures",
     }
@@ -223,3 +224,101 @@ def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path)
     predicted = [int(line.rsplit(": ", 1)[1].split()[0]) for line in done.stdout.splitlines()]
     same = sum(p == expected for p, (_, expected) in zip(predicted, paths))
     assert same / len(paths) >= 0.95, f"{same} of {len(paths)} the same"
+
+
+def damaged_jpeg() -> bytes:
+    """A photo whose EXIF block is damaged in one byte (found by fuzzing): turning it upright, Pillow
+    raises struct.error, none of its usual errors."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera maker"  # orientation: turned; the camera's maker
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_digit()).save(buffer, "JPEG", exif=exif)
+    data = bytearray(buffer.getvalue())
+    data[41] = 3  # the maker's tag (0x010F) becomes Compression (0x0103), a number, holding text
+    return bytes(data)
+
+
+def test_a_damaged_photo_is_its_own_error_line_and_the_others_are_answered(model_file, tmp_path):
+    import struct
+    from PIL import ImageOps
+    with pytest.raises(struct.error):  # what Pillow itself makes of it
+        ImageOps.exif_transpose(Image.open(io.BytesIO(damaged_jpeg())))
+    (tmp_path / "damaged.jpg").write_bytes(damaged_jpeg())
+    Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
+    done = run_here("--predict", tmp_path / "damaged.jpg", tmp_path / "seven.png", "--model", model_file)
+    assert done.returncode == 1
+    assert done.stderr == f"{tmp_path / 'damaged.jpg'}: error: unreadable image (required argument is not an integer)\n"
+    assert done.stdout.startswith(f"{tmp_path / 'seven.png'}: ") and len(done.stdout.splitlines()) == 1
+
+
+def test_only_the_formats_photos_and_drawings_come_in_are_opened(model_file, tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "older").mkdir(parents=True)
+    Image.fromarray(drawn_digit()).save(folder / "seven.png")
+    Image.fromarray(drawn_digit()).save(folder / "seven.eps")  # Pillow would need Ghostscript to read it
+    Image.fromarray(drawn_digit()).save(tmp_path / "seven.eps")
+    (tmp_path / "seven-eps.png").write_bytes((tmp_path / "seven.eps").read_bytes())  # named as a PNG
+    done = run_here("--predict", folder, tmp_path / "seven.eps", tmp_path / "seven-eps.png", "--model", model_file)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{folder / 'older'}: skipped: a folder (only the pictures directly in {folder} are read)",
+        f"{folder / 'seven.eps'}: skipped: not a PNG, JPEG, GIF, BMP, TIFF or WebP image",
+        f"{tmp_path / 'seven.eps'}: error: not a PNG, JPEG, GIF, BMP, TIFF or WebP image",
+        f"{tmp_path / 'seven-eps.png'}: error: not a PNG, JPEG, GIF, BMP, TIFF or WebP image",
+    ]
+    assert [line.split(": ")[0] for line in done.stdout.splitlines()] == [str(folder / "seven.png")]
+
+
+def test_an_uploaded_eps_is_not_opened_either():
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_digit()).save(buffer, "EPS")
+    with pytest.raises(train.PictureError, match="^not a PNG, JPEG, GIF, BMP, TIFF or WebP image$"):
+        train.decode_picture(io.BytesIO(buffer.getvalue()))
+
+
+def test_a_model_that_is_not_a_model_is_one_line_of_our_own(tmp_path):
+    Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
+    readme = ROOT / "README.md"
+    done = run_here("--predict", tmp_path / "seven.png", "--model", readme)
+    assert done.returncode == 1
+    assert done.stderr == f"error: {readme}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)\n"
+
+
+def test_a_web_address_is_said_not_to_be_read_as_it_was_typed(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--predict", "https://host/seven.png"])
+    assert stop.value.code == train.EXIT_USAGE
+    assert capsys.readouterr().err == ("error: argument --predict: https://host/seven.png: web addresses are not "
+                                       "read; download the picture and give the file (python train.py --help "
+                                       "lists the options)\n")
+
+
+def digit_of_height(size: tuple[int, int], height: int) -> tuple[bytes, int]:
+    """A PNG of `size` with a 7 drawn `height` pixels tall (without its pen's round ends), and the
+    height of its ink, measured."""
+    picture = Image.new("L", size, 255)
+    x, y, pen = size[0] // 3, size[1] // 3, max(2, height // 6)
+    ImageDraw.Draw(picture).line([(x, y), (x + 0.6 * height, y), (x + 0.25 * height, y + height)], fill=0, width=pen)
+    rows = np.nonzero((np.asarray(picture) < 128).any(axis=1))[0]
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue(), int(rows[-1] - rows[0] + 1)
+
+
+def size_note(data: bytes) -> tuple[str, int]:
+    """The note on the digit's size, in words, and the number of pixels it says."""
+    [note] = [note for note in train.read_digit(*train.picture_from(io.BytesIO(data))).notes if "pixels tall" in note]
+    return re.sub(r"\d+", "N", note), int(re.search(r"\d+", note).group())
+
+
+def test_the_size_notes_are_in_the_pictures_own_pixels_however_large_it_is():
+    small, height = digit_of_height((200, 150), 12)
+    large, same_height = digit_of_height((2048, 1536), 12)  # read at half its size
+    assert height == same_height
+    for picture in (small, large):
+        words, pixels = size_note(picture)
+        assert words == "the digit is only N pixels tall" and abs(pixels - height) <= 2, pixels
+    photo, height = digit_of_height((4000, 3000), 45)  # read at a quarter of its size: 12 pixels tall
+    words, pixels = size_note(photo)
+    assert words == "the digit is small for so large a picture (N pixels tall): crop closer to it"
+    assert abs(pixels - height) <= 2, pixels

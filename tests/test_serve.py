@@ -113,11 +113,11 @@ def test_real_model_reads_the_drawn_seven(server, real_mnist):
 
 
 BAD_PICTURES = {
-    "not an image": (b"hello, world", "not an image in a format Pillow reads"),
+    "not an image": (b"hello, world", "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"),
     "truncated": (drawing()[:200], "unreadable image"),
     "blank": (drawing(background=(255, 255, 255, 255), colour=(255, 255, 255, 255)),
               "no digit found (the image looks blank)"),
-    "empty": (b"", "not an image in a format Pillow reads"),
+    "empty": (b"", "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"),
 }
 
 

@@ -1728,7 +1728,8 @@ def uploaded_file(body: bytes, kind: str) -> bytes:
         raise PictureError("a form upload without its boundary")
     delimiter = b"\r\n--" + boundary.encode("latin-1")
     files = []
-    start = (b"\r\n" + body).find(delimiter)
+    start = 0 if body.startswith(delimiter[2:]) else body.find(delimiter)  # where "--boundary" starts
+    start += 2 if start > 0 else 0
     while start >= 0:
         head_start = body.find(b"\r\n", start + len(delimiter) - 2) + 2
         head_end = body.find(b"\r\n\r\n", head_start)
@@ -1810,7 +1811,7 @@ def served_names(host: str) -> frozenset[str]:
     refused, so that a page elsewhere cannot reach it by renaming itself (DNS rebinding)."""
     import socket
 
-    names = {"localhost", host.lower().strip("[]")}
+    names = {"localhost", host.lower().strip("[]")}  # as given to --host: an address or a name
     if is_wildcard(host):
         with contextlib.suppress(OSError):
             names |= {socket.gethostname().lower(), f"{socket.gethostname().lower()}.local",

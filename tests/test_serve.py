@@ -303,11 +303,15 @@ def test_processes_1_answers_from_a_single_process(server):
 
 def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
     server = start_server("--model", model_file)
-    deadline = time.monotonic() + 30  # the address is said first; the helpers start after it
-    while helper_processes(server) < train.SERVE_PROCESSES - 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
-    assert all(still_answers(server) for _ in range(4))
+    try:
+        deadline = time.monotonic() + 30  # the address is said first; the helpers start after it
+        while helper_processes(server) < train.SERVE_PROCESSES - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
+        assert all(still_answers(server) for _ in range(4))
+    except BaseException:
+        server.process.kill()  # its helpers leave with it
+        raise
     code, err = stop_server(server, signal.SIGINT)
     assert code == 0 and "Traceback" not in err
     assert err.splitlines()[-1] == "Stopped."

@@ -550,15 +550,13 @@ def test_an_empty_picture_is_said_as_predict_says_it(local, tmp_path):
 
 
 def test_an_upload_larger_than_the_server_decodes_is_refused(local):
-    import io
     buffer = io.BytesIO()
     Image.new("L", (4000, 3100), 255).save(buffer, "PNG")
     assert post_picture(local, buffer.getvalue()) == (
         400, {"error": "too large to read safely (4000x3100 pixels; at most 12 megapixels)"})
 
 
-def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at(tmp_path):
-    import io
+def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at():
     picture = Image.new("L", (4000, 3200), 255)
     ImageDraw.Draw(picture).line([(1000, 800), (3000, 800), (1800, 2800)], fill=0, width=120)
     for kind in ("JPEG", "PNG"):
@@ -573,7 +571,6 @@ def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at(tmp_path):
 
 
 def test_a_photo_turned_by_its_exif_orientation_is_read_upright():
-    import io
     upright = Image.new("L", (600, 800), 240)
     ImageDraw.Draw(upright).line([(150, 150), (450, 150), (250, 650)], fill=20, width=30)
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera held sideways stores it

@@ -117,9 +117,16 @@ PAGE_FILE = "draw.html"  # the drawing page --serve serves, beside this script
 SERVE_HOST = "127.0.0.1"  # this computer only
 SERVE_PORT = 8000
 SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone photo fits
-SERVE_TIMEOUT_SECONDS = 10  # a connection silent for this long is closed
-SERVE_READERS = 4  # pictures decoded at once, at most, by each serving process
-SERVE_PROCESSES = min(os.cpu_count() or 1, 4)  # processes answering requests, each with its own model ...
+SERVE_MAX_PIXELS = 12_000_000  # largest picture it decodes (a JPEG counts at the reduced size it is decoded at)
+SERVE_BODY_BYTES = 48 * 2**20  # pictures each process holds at once: two of the largest, and drawings beside them
+SERVE_READERS = 2  # pictures decoded at once, at most, by each serving process
+SERVE_CONNECTIONS = 200  # connections each process serves at once; more wait to be accepted
+SERVE_IDLE_SECONDS = 10  # a connection with no request for this long is closed
+SERVE_DEADLINE_SECONDS = 30  # a whole request, from its first byte: a 20 MiB photo at 1 MB/s arrives in time
+SERVE_LINGER_SECONDS = 1  # after an early answer, what the client still sends is read until it is silent this long
+USABLE_CORES = (os.process_cpu_count() if hasattr(os, "process_cpu_count")  # 3.13+: affinity and quotas
+                else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+SERVE_PROCESSES = min(USABLE_CORES, 4)  # processes answering requests, each with its own model ...
 MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its own TensorFlow)
 SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 
@@ -1290,13 +1297,15 @@ def open_picture(path: Path) -> Picture:
         raise PictureError(f"cannot read the file ({error.strerror or error})") from None
 
 
-def decode_picture(file: BinaryIO) -> np.ndarray:
+def decode_picture(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> np.ndarray:
     """Grey levels in [0, 1], at most WORK_SIZE pixels a side (see picture_from)."""
-    return picture_from(file).grey
+    return picture_from(file, max_pixels).grey
 
 
-def picture_from(file: BinaryIO) -> Picture:
-    """The picture in `file`, at most WORK_SIZE pixels a side, as grey levels in [0, 1].
+def picture_from(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> Picture:
+    """The picture in `file`, at most WORK_SIZE pixels a side, as grey levels in [0, 1]; one that
+    would decode to more than `max_pixels` pixels is refused (a JPEG is decoded at a reduced size,
+    and counted at it).
 
     Only PICTURE_FORMATS are opened. See-through parts are laid over the colour the marks stand
     out from: black under light strokes, white under dark ones, so a drawing exported from a
@@ -1308,19 +1317,19 @@ def picture_from(file: BinaryIO) -> Picture:
     Image.MAX_IMAGE_PIXELS = None  # Pillow's own guard only warns; the limit below is said in words
     try:
         with Image.open(file, formats=PICTURE_FORMATS) as picture:
-            if picture.width * picture.height > MAX_PICTURE_PIXELS:
-                raise PictureError(f"too large to read safely ({picture.width}x{picture.height} pixels; "
-                                   f"at most {MAX_PICTURE_PIXELS // 10**6} megapixels)")
-            longer_side = max(picture.size)
+            width, height = picture.size
             picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
-            if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # photos: upright as the camera meant
-                picture = ImageOps.exif_transpose(picture)
+            if picture.width * picture.height > max_pixels:
+                raise PictureError(f"too large to read safely ({width}x{height} pixels; "
+                                   f"at most {max_pixels // 10**6} megapixels)")
             picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
+            if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # photos: upright as the camera meant,
+                picture = ImageOps.exif_transpose(picture)  # turned once shrunk: no full-size copy
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 grey = over_contrasting_background(picture.convert("RGBA"))
             else:
                 grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255
-            return Picture(grey, longer_side / max(grey.shape))
+            return Picture(grey, max(width, height) / max(grey.shape))
     except PictureError:
         raise
     except UnidentifiedImageError:
@@ -1709,12 +1718,28 @@ class Recognizer:
         with self.waiting_lock:
             self.waiting.append(request)
         with self.model_lock:
-            if "row" not in request:  # nobody has taken it along yet: take everything waiting
+            if "row" not in request and "error" not in request:  # nobody has taken it along yet: take everything waiting
                 with self.waiting_lock:
                     batch, self.waiting = self.waiting, []
-                for waiting, row in zip(batch, self.classified([waiting["image"] for waiting in batch])):
-                    waiting["row"] = row
+                self.answer_together(batch)
+        if "error" in request:
+            raise request["error"]
         return request["row"]
+
+    def answer_together(self, batch: list[dict]) -> None:
+        """Each waiting request's row, in one call; if that call fails, each input alone, so that only
+        the inputs that fail get the error."""
+        try:
+            rows = self.classified([waiting["image"] for waiting in batch])
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0]["error"] = error
+                return
+            for waiting in batch:
+                self.answer_together([waiting])
+            return
+        for waiting, row in zip(batch, rows):
+            waiting["row"] = row
 
     def classified(self, images: list[np.ndarray]) -> np.ndarray:
         """The model's call itself: only with model_lock held."""
@@ -1849,13 +1874,18 @@ def page_with_policy(model_path: Path) -> tuple[bytes, str]:
     return page.encode(), policy
 
 
-def answer_for_page(recognizer: Recognizer, body: bytes, readers: threading.BoundedSemaphore) -> dict:
+def answer_for_page(recognizer: Recognizer, body: bytes, kind: str, readers: threading.BoundedSemaphore) -> dict:
     """What POST /predict answers: the digit, its calibrated confidence, the ten probabilities,
-    the 28x28 input the model saw, and the notes, exactly as --predict reads the same picture."""
+    the 28x28 input the model saw, and the notes, exactly as --predict reads the same picture.
+    `kind` is the request's Content-Type: a form upload (multipart/form-data) holds the picture."""
     import io
 
-    with readers:  # a few pictures at a time: a burst of huge photos cannot exhaust memory
-        reading = read_digit(decode_picture(io.BytesIO(body)))
+    if kind.lower().startswith("multipart/form-data"):
+        body = uploaded_file(body, kind)
+    if not body:
+        raise PictureError("file is empty")  # as --predict says it
+    with readers:  # a few pictures at a time, each of a bounded size: a burst of huge photos cannot exhaust memory
+        reading = read_digit(*picture_from(io.BytesIO(body), SERVE_MAX_PIXELS))
     row = recognizer.answer(reading.image)
     return {"digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
             "probabilities": [round(float(p), 4) for p in row],
@@ -1863,92 +1893,293 @@ def answer_for_page(recognizer: Recognizer, body: bytes, readers: threading.Boun
             "notes": reading.notes}
 
 
-def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool):
+def uploaded_file(body: bytes, kind: str) -> bytes:
+    """The one file of a form upload (`curl -F file=@seven.png`), from the multipart body."""
+    import email.message
+    import email.parser
+
+    header = email.message.Message()
+    header["Content-Type"] = kind
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise PictureError("a form upload without its boundary")
+    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    files = []
+    start = 0 if body.startswith(delimiter[2:]) else body.find(delimiter)  # where "--boundary" starts
+    start += 2 if start > 0 else 0
+    while start >= 0:
+        head_start = body.find(b"\r\n", start + len(delimiter) - 2) + 2
+        head_end = body.find(b"\r\n\r\n", head_start)
+        end = body.find(delimiter, head_end)
+        if head_start < 2 or head_end < 0 or end < 0:
+            break
+        part = email.parser.BytesHeaderParser().parsebytes(body[head_start:head_end + 4])
+        if part.get_param("filename", header="Content-Disposition") is not None:
+            files.append((head_end + 4, end))
+        start = end + 2
+    if len(files) != 1:
+        raise PictureError(f"a form upload must hold one file; this one holds {len(files)}")
+    return body[files[0][0]:files[0][1]]
+
+
+class Refused(Exception):
+    """A request answered with an error before its body is read: the HTTP status and the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def body_length(headers) -> int:
+    """The length of the picture a request declares, checked before anything is read."""
+    values = headers.get_all("Content-Length") or []
+    if not values or headers.get("Transfer-Encoding"):
+        raise Refused(411, "send the picture with a Content-Length")
+    text = values[0].strip()
+    if len(set(values)) > 1:
+        raise Refused(400, "two different Content-Lengths")
+    if re.fullmatch(r"-[0-9]+", text):
+        raise Refused(400, f"Content-Length is negative ({text[:20]})")
+    if not re.fullmatch(r"[0-9]+", text):
+        raise Refused(400, f"Content-Length must be a number of bytes, not {text[:20]!r}")
+    if len(text) > 20:
+        raise Refused(413, f"picture too large: a Content-Length of {len(text):,} digits; "
+                           f"at most {SERVE_MAX_BYTES // 2**20} MiB")
+    if int(text) > SERVE_MAX_BYTES:
+        raise Refused(413, f"picture too large: {int(text):,} bytes; at most {SERVE_MAX_BYTES // 2**20} MiB")
+    return int(text)
+
+
+def unread_length(headers) -> int | None:
+    """How much body a request still has to send, if that can be told (for draining it)."""
+    if headers is None:
+        return None
+    text = (headers.get("Content-Length") or "").strip()
+    if re.fullmatch(r"[0-9]{1,20}", text):
+        return int(text)
+    return None if text or headers.get("Transfer-Encoding") else 0
+
+
+class ByteBudget:
+    """The bytes of pictures a process holds at once: a request waits until its picture fits."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, count: int, deadline: float) -> Iterator[bool]:
+        """True once `count` bytes are set aside for the request; False if they were not free by `deadline`."""
+        with self.changed:
+            fits = self.changed.wait_for(lambda: self.free >= count, timeout=deadline - time.monotonic())
+            if fits:
+                self.free -= count
+        try:
+            yield fits
+        finally:
+            if fits:
+                with self.changed:
+                    self.free += count
+                    self.changed.notify_all()
+
+
+def served_names(host: str) -> frozenset[str]:
+    """The host names the server answers to (besides addresses): a page under any other name is
+    refused, so that a page elsewhere cannot reach it by renaming itself (DNS rebinding)."""
+    import socket
+
+    names = {"localhost", host.lower().strip("[]")}  # as given to --host: an address or a name
+    if is_wildcard(host):
+        with contextlib.suppress(OSError):
+            names |= {socket.gethostname().lower(), f"{socket.gethostname().lower()}.local",
+                      socket.getfqdn().lower()}
+    return frozenset(names)
+
+
+def is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def foreign_request(headers, names: frozenset[str], local_address: str) -> str | None:
+    """Why a request comes from a page elsewhere, if it does: a Host the server is not known by,
+    or another page's Origin."""
+    import ipaddress
+
+    host = headers.get("Host")
+    if host is not None:
+        name = host.lower()
+        name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            known = name in names
+        else:
+            here = ipaddress.ip_address(local_address.split("%")[0])
+            here = getattr(here, "ipv4_mapped", None) or here
+            known = address == here or address.is_loopback and here.is_loopback
+        if not known:
+            return f"this server is not known as {host!r}: open it at the address it printed"
+    origin = headers.get("Origin")
+    if origin is not None and (host is None or origin.lower() != f"http://{host.lower()}"):
+        return f"requests from other pages ({origin[:100]}) are refused"
+    return None
+
+
+def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool, names: frozenset[str],
+                 deadline: float = SERVE_DEADLINE_SECONDS, body_bytes: int = SERVE_BODY_BYTES):
+    """The request handler class: every request has `deadline` seconds from its first byte to its
+    answer, and the pictures held at once take at most `body_bytes`."""
     import http.server
+    import socket
     from http import HTTPStatus
+    from urllib.parse import urlsplit
 
     readers = threading.BoundedSemaphore(SERVE_READERS)
+    budget = ByteBudget(body_bytes)
+
+    class DeadlineReader(socket.SocketIO):
+        """A connection's reads, each allowed only the time left before `until` (a monotonic time):
+        a client trickling a byte at a time is cut off all the same."""
+        until = 0.0
+
+        def readinto(self, buffer) -> int | None:
+            left = self.until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request's deadline passed")
+            self._sock.settimeout(left)
+            return super().readinto(buffer)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         """GET / is the page, POST /predict the API; anything else an error in JSON. Nothing on disk is served."""
         protocol_version = "HTTP/1.1"  # keep-alive: a drawing sends many requests
-        timeout = SERVE_TIMEOUT_SECONDS  # a silent client is dropped; it never holds the others
+        disable_nagle_algorithm = True  # an answer's head and body go out at once, not 40 ms apart
         server_version = "train.py"
         sys_version = ""
 
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # replaced by one that keeps the request's deadline
+            self.reader = DeadlineReader(self.connection, "rb")
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self) -> None:
+            """Wait up to SERVE_IDLE_SECONDS for a request; from its first byte, it has `deadline` seconds."""
+            self.reader.until = time.monotonic() + SERVE_IDLE_SECONDS
+            try:
+                waiting = self.rfile.peek(1)
+            except OSError:  # silent for too long, or gone
+                waiting = b""
+            if not waiting:
+                self.close_connection = True
+                return
+            self.started, self.answered = time.perf_counter(), False
+            self.command, self.path, self.request_version, self.headers = None, "", "HTTP/1.1", None
+            self.reader.until = time.monotonic() + deadline
+            super().handle_one_request()
+            if self.reader._timeout_occurred and not self.answered:
+                self.refuse(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {deadline:g} seconds")
+
+        def parse_request(self) -> bool:
+            """http.server's parsing, and then: only requests from the page itself or from scripts."""
+            if not super().parse_request():
+                return False
+            problem = foreign_request(self.headers, names, self.connection.getsockname()[0])
+            if problem:
+                self.refuse(HTTPStatus.FORBIDDEN, problem)
+            return not problem
+
+        def handle_expect_100(self) -> bool:
+            return True  # "100 Continue" is said by do_POST, once the picture's length is accepted
+
         def do_GET(self) -> None:
-            if self.path == "/predict":
-                return self.send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"})
-            if self.path.split("?")[0] != "/":
-                return self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
+            path = urlsplit(self.path).path
+            if path == "/predict":
+                return self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, "use POST")
+            if path != "/":
+                return self.refuse(HTTPStatus.NOT_FOUND, "no such page")
             self.send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": policy})
 
         def do_POST(self) -> None:
-            if self.path != "/predict":
-                return self.send_json(HTTPStatus.METHOD_NOT_ALLOWED if self.path.split("?")[0] == "/" else
-                                      HTTPStatus.NOT_FOUND, {"error": "post pictures to /predict"})
-            length = self.headers.get("Content-Length")
-            if length is None or self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                return self.send_json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the picture with a Content-Length"})
-            if not length.isdigit():
-                self.close_connection = True
-                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
-            if int(length) > SERVE_MAX_BYTES:
-                self.close_connection = True  # the body is never read
-                return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                      {"error": f"picture too large: {int(length):,} bytes; "
-                                                f"at most {SERVE_MAX_BYTES // 2**20} MiB"})
+            path = urlsplit(self.path).path
+            if path != "/predict":
+                return self.refuse(HTTPStatus.METHOD_NOT_ALLOWED if path == "/" else HTTPStatus.NOT_FOUND,
+                                   "post pictures to /predict")
             try:
-                body = self.rfile.read(int(length))
-            except TimeoutError:
-                self.close_connection = True
-                return self.log_line(HTTPStatus.REQUEST_TIMEOUT)
-            if len(body) < int(length):  # the client gave up part-way
-                self.close_connection = True
-                return self.log_line(HTTPStatus.BAD_REQUEST)
-            try:
-                self.send_json(HTTPStatus.OK, answer_for_page(recognizer, body, readers))
-            except PictureError as error:
-                self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+                length = body_length(self.headers)
+            except Refused as refusal:
+                return self.refuse(refusal.status, str(refusal))
+            with budget.held(length, self.reader.until) as fits:
+                if not fits:
+                    return self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy: try again in a moment",
+                                       {"Retry-After": "5"})
+                if self.headers.get("Expect", "").lower() == "100-continue":
+                    self.send_response_only(HTTPStatus.CONTINUE)
+                    self.end_headers()
+                body = self.rfile.read(length)  # past the deadline: TimeoutError, answered 408
+                if len(body) < length:
+                    return self.refuse(HTTPStatus.BAD_REQUEST,
+                                       f"the picture ended after {len(body):,} of its {length:,} bytes")
+                try:
+                    answer = answer_for_page(recognizer, body, self.headers.get("Content-Type", ""), readers)
+                except PictureError as error:
+                    return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            self.send_json(HTTPStatus.OK, answer)
 
         def not_allowed(self) -> None:
-            self.send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not supported here"})
+            self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here")
 
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = not_allowed
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own errors (a malformed request, an unknown method) as JSON too."""
-            self.close_connection = True
-            self.send_json(code, {"error": message or HTTPStatus(code).phrase})
+            self.refuse(code, message or HTTPStatus(code).phrase)
 
-        def send_json(self, status: int, content: dict) -> None:
-            self.send(status, json.dumps(content).encode(), "application/json", {"Cache-Control": "no-store"})
+        def refuse(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+            """An error answered before the request's body is read; then the connection is closed,
+            after reading what the client still sends: closing with data unread would reset the
+            connection, and the reset can overtake the answer."""
+            self.close_connection = True
+            self.send_json(status, {"error": reason}, headers)
+            unread = unread_length(self.headers)
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_WR)
+                until = max(self.reader.until, time.monotonic() + SERVE_LINGER_SECONDS)
+                while unread is None or unread > 0:
+                    left = min(until - time.monotonic(), SERVE_LINGER_SECONDS)
+                    if left <= 0:
+                        break
+                    self.connection.settimeout(left)
+                    chunk = self.connection.recv(2**16)
+                    if not chunk:
+                        break
+                    unread = None if unread is None else unread - len(chunk)
+
+        def send_json(self, status: int, content: dict, headers: dict[str, str] | None = None) -> None:
+            self.send(status, json.dumps(content).encode(), "application/json",
+                      {"Cache-Control": "no-store", **(headers or {})})
 
         def send(self, status: int, body: bytes, kind: str, headers: dict[str, str]) -> None:
+            self.connection.settimeout(SERVE_IDLE_SECONDS)  # a client that reads nothing is dropped
             self.send_response_only(status)
             for name, value in {"Content-Type": kind, "Content-Length": str(len(body)),
                                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                                 **headers}.items():
                 self.send_header(name, value)
             if status == HTTPStatus.METHOD_NOT_ALLOWED:
-                self.send_header("Allow", "POST" if self.path == "/predict" else "GET")
+                self.send_header("Allow", "POST" if urlsplit(self.path).path == "/predict" else "GET")
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+            self.answered = True
             self.log_line(status)
 
         def log_line(self, status: int) -> None:
             if not quiet:
-                path = "".join(c if c.isprintable() else "?" for c in (getattr(self, "path", "") or "")[:200])
+                path = "".join(c if c.isprintable() else "?" for c in (self.path or "")[:200])
                 elapsed = 1000 * (time.perf_counter() - self.started)
                 sys.stderr.write(f"{self.command or '-'} {path or '-'} {int(status)} {elapsed:.0f} ms\n")
-
-        def handle_one_request(self) -> None:
-            self.started = time.perf_counter()
-            super().handle_one_request()
 
         def log_message(self, format: str, *args) -> None:  # http.server's own log: replaced by log_line
             pass
@@ -1966,13 +2197,14 @@ def serve(args: argparse.Namespace) -> int:
     model_path = chosen_model(args)
     page, policy = page_with_policy(model_path)
     listener = listening_socket(args.host, args.port)
+    announce(listener)  # before any process answers: whoever is answered has been told where
+    names = served_names(args.host)
     # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
-    helpers = [start_helper(listener, model_path, page, policy, args.quiet) for _ in range(args.processes - 1)]
+    helpers = [start_helper(listener, model_path, page, policy, args.quiet, names)
+               for _ in range(args.processes - 1)]
     try:
         with tensorflow_chatter_filtered():
-            server = answering_server(listener, model_path, page, policy, args.quiet)
-            announce(listener)
-            server.serve_forever()
+            answering_server(listener, model_path, page, policy, args.quiet, names).serve_forever()
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)
     finally:
@@ -1985,16 +2217,36 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def announce(listener) -> None:
-    """Say where the page is, and warn when other computers can reach it."""
+    """Say where the page is (for a server open to the network, at addresses other computers can
+    use), and warn when other computers can reach it."""
     import ipaddress
 
     host, port = listener.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+    shown = "localhost" if is_wildcard(host) else f"[{host}]" if ":" in host else host
     print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
+    if is_wildcard(host):
+        found = [f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
+                 for address in own_addresses()]
+        print(f"From other computers: {' or '.join(found) or f'http://<this computer address>:{port}/'}", flush=True)
     with contextlib.suppress(ValueError):
         if not ipaddress.ip_address(host).is_loopback:
             warn(f"serving on {host}: anyone who can reach this computer on port {port} "
                  "can use the page and the API")
+
+
+def own_addresses() -> list[str]:
+    """This computer's network addresses, as far as the standard library can tell (it lists no interfaces)."""
+    import ipaddress
+    import socket
+
+    found = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent, the route is only looked up
+        found.append(probe.getsockname()[0])
+    with contextlib.suppress(OSError):
+        for *_, address in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM):
+            found.append(address[0])
+    return [address for address in dict.fromkeys(found) if not ipaddress.ip_address(address).is_loopback]
 
 
 def listening_socket(host: str, port: int):
@@ -2013,28 +2265,48 @@ def listening_socket(host: str, port: int):
     return listener
 
 
-def answering_server(listener, model_path: Path, page: bytes, policy: str, quiet: bool):
+def answering_server(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
     """An HTTP server on the shared socket, with this process's own copy of the model, ready to answer."""
-    import http.server
-
     start_tensorflow(SEED)
     recognizer = Recognizer(model_path)
     recognizer.probabilities([np.zeros(IMAGE_SHAPE, np.float32)])  # the first call compiles: do it now
+    return http_server(listener, make_handler(recognizer, page, policy, quiet, names))
+
+
+def http_server(listener, handler, connections: int = SERVE_CONNECTIONS):
+    """A server on `listener` with a thread per connection, at most `connections` at once: at the
+    cap it accepts no more, and they wait for a thread here or are taken by another process."""
+    import http.server
 
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True  # a connection left open never keeps the server from stopping
+        threads = threading.BoundedSemaphore(connections)
+
+        def get_request(self):
+            if not self.threads.acquire(timeout=0.5):  # the cap: look again after a while (and after a shutdown)
+                raise BlockingIOError("every connection thread is busy")
+            try:
+                return super().get_request()
+            except BaseException:
+                self.threads.release()
+                raise
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.threads.release()
 
         def handle_error(self, request, client_address) -> None:  # one line, never a traceback
             print(f"error: a request from {client_address[0]} failed: {sys.exc_info()[1]!r}", file=sys.stderr)
 
-    server = Server(listener.getsockname()[:2], make_handler(recognizer, page, policy, quiet),
-                    bind_and_activate=False)
+    server = Server(listener.getsockname()[:2], handler, bind_and_activate=False)
     server.socket.close()
     server.socket = listener
     return server
 
 
-def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bool):
+def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
     """Another serving process: a fresh interpreter (TensorFlow does not survive a fork).
 
     Ctrl-C reaches every process of the terminal; stopping is the first process's to do, so the
@@ -2043,7 +2315,7 @@ def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     import multiprocessing
 
     helper = multiprocessing.get_context("spawn").Process(
-        target=help_serving, args=(listener, model_path, page, policy, quiet), daemon=True)
+        target=help_serving, args=(listener, model_path, page, policy, quiet, names), daemon=True)
     blockable = hasattr(signal, "pthread_sigmask")
     if blockable:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -2055,7 +2327,7 @@ def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     return helper
 
 
-def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bool) -> None:
+def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]) -> None:
     """A helper's life: answer on the shared socket until the first process stops it, or is gone."""
     import multiprocessing
 
@@ -2066,7 +2338,7 @@ def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     parent = multiprocessing.parent_process()
     threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
     with contextlib.suppress(DataError), tensorflow_chatter_filtered():  # a bad model: the first process says so
-        answering_server(listener, model_path, page, policy, quiet).serve_forever()
+        answering_server(listener, model_path, page, policy, quiet, names).serve_forever()
 
 
 # -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -121,18 +122,34 @@ class Server(NamedTuple):
     process: subprocess.Popen
     url: str
     port: int
+    log: list[str]  # what it has written on stderr so far, read as it comes so that it never blocks on a full pipe
+    reader: threading.Thread
 
 
 def start_server(*args: str | Path) -> Server:
     """train.py --serve in a fresh process on a free port, returned once it says where it listens."""
     process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--port", "0", *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
+    reader.start()
     line = process.stdout.readline()
     match = re.match(r"Draw digits at (http://[^/]+:(\d+)/) \(Ctrl-C to stop\)$", line.strip())
     if not match:
         process.kill()
-        raise AssertionError(f"the server did not start: {line!r} {process.stderr.read()}")
-    return Server(process, match.group(1), int(match.group(2)))
+        reader.join(timeout=30)
+        raise AssertionError(f"the server did not start: {line!r} {''.join(log)}")
+    return Server(process, match.group(1), int(match.group(2)), log, reader)
+
+
+def wait_until_answering(server: Server, seconds: float = 120) -> None:
+    """The address is printed before the model is loaded: wait until the server answers."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=seconds)
+    connection.request("GET", "/")
+    assert connection.getresponse().status == 200
+    connection.close()
 
 
 def helper_pids(pid: int) -> list[int]:
@@ -148,8 +165,9 @@ def helper_processes(server: Server) -> int:
 def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:
     """Stop the server with the signal `how`; its exit code and everything it wrote on stderr."""
     server.process.send_signal(how)
-    _, err = server.process.communicate(timeout=30)
-    return server.process.returncode, err
+    server.process.wait(timeout=30)
+    server.reader.join(timeout=30)
+    return server.process.returncode, "".join(server.log)
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +175,7 @@ def server(model_file):
     """One server for the tests that only send it requests: a single process, as every process
     answers alike (the tests that start and stop servers run the default, several)."""
     running = start_server("--model", model_file, "--processes", "1")
+    wait_until_answering(running)
     yield running
     if running.process.poll() is None:
         stop_server(running, signal.SIGTERM)

@@ -11,13 +11,20 @@ each client starting at a random moment of its first 150 ms: 200 a second in all
 250 a second in all (a quarter above the goal of 200), then as fast as answers come back. The clients share one event loop, which costs the machine little, so that its cores go
 to the server as they would with a classroom's own phones and laptops. Prints answers per
 second, latency percentiles, errors, the server's CPU, and the resident memory of all its
-processes before and after each. Run by hand: pytest does not collect it, and it asserts
-nothing, because timings on a shared machine are figures to read, not to test.
+processes before and after each.
+
+Last, a hostile phase: while 10 clients keep drawing at the page's pace, 30 clients upload
+pictures of about 20 MB at about 1 MB/s each (a 59-megapixel JPEG or a PNG of noise), over and
+over, and 100 connections are opened and left silent (opened again when the server closes
+them). Prints the page clients' latency and errors and the server's peak memory growth.
+Run by hand: pytest does not collect it, and it asserts nothing, because timings on a shared
+machine are figures to read, not to test.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import platform
@@ -128,6 +135,100 @@ def run_clients(port: int, clients: int, requests: int, bodies: list[bytes],
     return time.perf_counter() - started, latencies, errors
 
 
+def huge_pictures(rng: np.random.Generator) -> list[bytes]:
+    """Two pictures of about 20 MB: a 59-megapixel JPEG (8900x6600) and a PNG of noise (6.7 megapixels)."""
+    coarse = Image.fromarray(rng.integers(0, 256, (1650, 2225, 3), dtype=np.uint8))
+    made = []
+    for picture, kind, options in ((coarse.resize((8900, 6600), Image.Resampling.BILINEAR), "JPEG", {"quality": 80}),
+                                   (Image.fromarray(rng.integers(0, 256, (2580, 2580, 3), dtype=np.uint8)), "PNG",
+                                    {"compress_level": 1})):
+        buffer = io.BytesIO()
+        picture.save(buffer, kind, **options)
+        made.append(buffer.getvalue())
+    return made
+
+
+async def slow_uploader(port: int, picture: bytes, until: float, answers: list[str]) -> None:
+    """Upload `picture` at about 1 MB/s, again and again, until `until`, reading whatever the server
+    answers (an upload cut off by the end of the phase is not counted)."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(picture))
+    while time.perf_counter() < until:
+        writer = answer = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+            writer.write(head)
+            for start in range(0, len(picture), 2**16):
+                if answer.done() or time.perf_counter() >= until:
+                    break
+                writer.write(picture[start:start + 2**16])
+                await writer.drain()
+                await asyncio.sleep(2**16 / 1e6)
+            done, _ = await asyncio.wait([answer], timeout=max(0.0, until - time.perf_counter()))
+            if done:
+                answers.append(f"HTTP {int(answer.result().split()[1])}")
+        except (OSError, ValueError, asyncio.IncompleteReadError) as error:
+            answers.append(type(error).__name__)
+        finally:
+            if answer is not None and not answer.done():
+                answer.cancel()
+            elif answer is not None:
+                answer.exception()  # read, so that asyncio does not report it as never retrieved
+            if writer is not None:
+                writer.close()
+
+
+async def silent_connection(port: int, until: float) -> None:
+    """A connection that says nothing; opened again when the server closes it."""
+    while time.perf_counter() < until:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(reader.read(), until - time.perf_counter())
+            writer.close()
+
+
+async def peak_memory(processes: list[int], until: float, peak: list[float]) -> None:
+    while time.perf_counter() < until:
+        peak[0] = max(peak[0], resident_mib(processes))
+        await asyncio.sleep(0.1)
+
+
+def hostile_phase(port: int, processes: list[int], bodies: list[bytes], seconds: float) -> None:
+    pictures = huge_pictures(np.random.default_rng(1))
+    print(f"under attack for {seconds:.0f} s: 30 clients uploading pictures of "
+          f"{min(map(len, pictures)) / 1e6:.0f}-{max(map(len, pictures)) / 1e6:.0f} MB at about 1 MB/s, "
+          f"100 silent connections, and 10 clients drawing (one request per 150 ms per client at most):")
+    quota, latencies, errors, answers = [10**9], [], [], []
+    prepared = [http_request(body) for body in bodies]
+    before = resident_mib(processes)
+    peak = [before]
+
+    async def everyone() -> None:
+        until = time.perf_counter() + seconds
+
+        async def stop_drawing() -> None:
+            await asyncio.sleep(seconds)
+            quota[0] = 0
+
+        await asyncio.gather(peak_memory(processes, until + 2, peak), stop_drawing(),
+                             *(silent_connection(port, until) for _ in range(100)),
+                             *(slow_uploader(port, pictures[index % 2], until, answers) for index in range(30)),
+                             *(client(port, prepared, PAGE_PACE, quota, latencies, errors) for _ in range(10)))
+
+    started = time.perf_counter()
+    asyncio.run(everyone())
+    seconds = time.perf_counter() - started
+    after = resident_mib(processes)
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"  drawing clients: {len(latencies):,} answers, p50 {1000 * cuts[49]:.1f} ms, p99 {1000 * cuts[98]:.1f} ms, "
+          f"max {1000 * max(latencies):.1f} ms; errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    print("  uploaders' answers: " + ", ".join(f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))))
+    print(f"  server memory (resident): {before:.0f} MiB before, peak {peak[0]:.0f} MiB (growth {peak[0] - before:+.0f} MiB), "
+          f"{after:.0f} MiB after")
+
+
 def report(name: str, clients: int, seconds: float, latencies: list[float], errors: list[str],
            before: float, after: float) -> None:
     cuts = statistics.quantiles(latencies, n=100)
@@ -145,6 +246,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=Path("model.h5"), help="the trained model (default: model.h5)")
     parser.add_argument("--clients", type=int, default=30, help="concurrent clients (default: 30)")
     parser.add_argument("--requests", type=int, default=10_000, help="answers to ask for in all (default: 10000)")
+    parser.add_argument("--hostile-seconds", type=float, default=40, help="how long the hostile phase lasts (default: 40)")
+    parser.add_argument("--only-hostile", action="store_true", help="run the hostile phase only")
     args = parser.parse_args()
     if not args.model.is_file():
         parser.error(f"--model: {args.model} is not a file; train one first with: python train.py")
@@ -159,14 +262,16 @@ def main() -> int:
         run_clients(port, 4, WARM_UP, bodies)
         processes = serving_processes(server.pid)
         print(f"server: {len(processes)} processes answering")
-        for name, pace in (("paced as the page paces itself (one request per 150 ms per client at most)", PAGE_PACE),
-                           ("paced at 250 requests a second in all (one per 120 ms per client)", GOAL_PACE),
-                           ("as fast as answers come back", 0.0)):
+        phases = (("paced as the page paces itself (one request per 150 ms per client at most)", PAGE_PACE),
+                  ("paced at 250 requests a second in all (one per 120 ms per client)", GOAL_PACE),
+                  ("as fast as answers come back", 0.0))
+        for name, pace in phases[len(phases) if args.only_hostile else 0:]:
             before, cpu = resident_mib(processes), cpu_seconds(processes)
             seconds, latencies, errors = run_clients(port, args.clients, args.requests, bodies, pace)
             after, cpu = resident_mib(processes), cpu_seconds(processes) - cpu
             report(name, args.clients, seconds, latencies, errors, before, after)
             print(f"  server CPU: {cpu / seconds:.2f} cores busy, {1000 * cpu / len(latencies):.1f} ms per answer")
+        hostile_phase(port, processes, bodies, args.hostile_seconds)
     finally:
         server.terminate()
         server.wait(timeout=30)

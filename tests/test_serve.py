@@ -4,14 +4,18 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import http.client
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
+import re
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pytest
@@ -52,16 +56,66 @@ def still_answers(server) -> bool:
 
 
 def raw_exchange(server, data: bytes, wait: float = 5) -> bytes:
-    """Send bytes as they are (a request http.client would not make) and read the answer."""
+    """Send bytes as they are (a request http.client would not make) and read the answer, to the end."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as connection:
         connection.sendall(data)
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            received += chunk
-        return received
+        return read_answer(connection)
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """An answer's head and its body, as far as its Content-Length says."""
+    received = b""
+    while b"\r\n\r\n" not in received or len(received) < answer_end(received):
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def answer_end(received: bytes) -> int:
+    head, _, _ = received.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)", head)
+    return len(head) + 4 + (int(length.group(1)) if length else 0)
+
+
+def answer_json(received: bytes) -> tuple[int, dict]:
+    """The status and the JSON body of a raw answer."""
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+class Local(NamedTuple):
+    port: int
+    server: object
+
+
+@contextlib.contextmanager
+def in_process_server(recognizer, connections: int = train.SERVE_CONNECTIONS, host: str = "127.0.0.1",
+                      **limits) -> Iterator[Local]:
+    """The server's request handling in this process, with the given limits: no TensorFlow to start."""
+    listener = train.listening_socket(host, 0)
+    handler = train.make_handler(recognizer, b"<!doctype html>", "default-src 'none'", True,
+                                 train.served_names(host), **limits)
+    server = train.http_server(listener, handler, connections)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield Local(listener.getsockname()[1], server)
+    finally:
+        server.shutdown()
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_file):
+    return train.Recognizer(model_file)
+
+
+@pytest.fixture
+def local(recognizer):
+    with in_process_server(recognizer) as running:
+        yield running
 
 
 def test_the_page_is_served_with_a_strict_content_security_policy(server):
@@ -94,6 +148,7 @@ def test_the_api_and_predict_give_the_same_answer_for_the_same_picture(server, m
     for name, data in pictures.items():
         (tmp_path / name).write_bytes(data)
     done = run_here("--predict", *(tmp_path / name for name in pictures), "--model", model_file, "--format", "json")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == len(pictures), done
     for line, data in zip(done.stdout.splitlines(), pictures.values()):
         expected = json.loads(line)
         _, answer = post_picture(server, data)
@@ -117,7 +172,7 @@ BAD_PICTURES = {
     "truncated": (drawing()[:200], "unreadable image"),
     "blank": (drawing(background=(255, 255, 255, 255), colour=(255, 255, 255, 255)),
               "no digit found (the image looks blank)"),
-    "empty": (b"", "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"),
+    "empty": (b"", "file is empty"),
 }
 
 
@@ -139,25 +194,107 @@ def test_other_paths_are_404_and_other_methods_405(server):
     assert still_answers(server)
 
 
-def test_a_body_without_a_length_is_411(server):
-    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 411 ")
+def test_a_body_without_a_length_is_411_and_the_client_reads_it_after_sending_its_body(server):
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  + (b"100000\r\n" + bytes(2**20) + b"\r\n") * 21 + b"0\r\n\r\n")
+    assert answer_json(answer) == (411, {"error": "send the picture with a Content-Length"})
     assert still_answers(server)
 
 
-def test_an_oversized_declared_length_is_refused_at_once_without_reading_the_body(server):
+def test_an_oversized_picture_is_413_and_a_client_that_sends_it_all_still_reads_why(server):
+    size = train.SERVE_MAX_BYTES + 2**20
     started = time.perf_counter()
-    answer = raw_exchange(server, f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 413 ") and time.perf_counter() - started < 2
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % size
+                          + bytes(size))
+    assert answer_json(answer) == (413, {"error": f"picture too large: {size:,} bytes; at most 20 MiB"})
+    assert time.perf_counter() - started < 5
     assert still_answers(server)
 
 
-def test_a_silent_client_does_not_hold_the_others(server):
-    with socket.create_connection(("127.0.0.1", server.port)) as idle:
-        idle.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")  # and then nothing
+def test_expect_100_continue_is_refused_before_the_body_is_sent(local):
+    with socket.create_connection(("127.0.0.1", local.port), timeout=5) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n"
+                           b"Expect: 100-continue\r\n\r\n")
+        answer = read_answer(connection)
+    assert answer_json(answer) == (413, {"error": "picture too large: 50,000,000 bytes; at most 20 MiB"})
+
+
+def test_expect_100_continue_is_answered_once_the_length_is_accepted(local):
+    picture = drawing()
+    with socket.create_connection(("127.0.0.1", local.port), timeout=5) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
+                           b"Expect: 100-continue\r\n\r\n" % len(picture))
+        assert connection.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(picture)
+        assert answer_json(read_answer(connection))[0] == 200
+
+
+BAD_LENGTHS = {  # what a Content-Length says, and the answer
+    "superscript two": ("\u00b2", 400, "Content-Length must be a number of bytes, not '\u00b2'"),
+    "five thousand digits": ("9" * 5000, 413, "picture too large: a Content-Length of 5,000 digits; at most 20 MiB"),
+    "negative": ("-5", 400, "Content-Length is negative (-5)"),
+    "words": ("ten", 400, "Content-Length must be a number of bytes, not 'ten'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LENGTHS)
+def test_a_bad_length_is_answered_with_what_is_wrong(local, case):
+    length, status, reason = BAD_LENGTHS[case]
+    answer = raw_exchange(local, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                          + length.encode("latin-1") + b"\r\n\r\n")
+    assert answer_json(answer) == (status, {"error": reason})
+    assert still_answers(local)
+
+
+def test_a_request_trickling_a_byte_at_a_time_is_cut_off_at_its_deadline_and_its_thread_freed(recognizer):
+    with in_process_server(recognizer, connections=1, deadline=1) as local:
         started = time.perf_counter()
-        assert still_answers(server)
-        assert time.perf_counter() - started < 2
+        with socket.create_connection(("127.0.0.1", local.port), timeout=5) as trickling:
+            trickling.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+            trickling.settimeout(0.2)
+            answer = b""
+            while time.perf_counter() - started < 5 and (b"\r\n\r\n" not in answer or len(answer) < answer_end(answer)):
+                with contextlib.suppress(TimeoutError):
+                    trickling.sendall(b"x")  # each byte well inside any per-read timeout
+                    answer += trickling.recv(4096)
+        assert answer_json(answer) == (408, {"error": "the request did not arrive within 1 seconds"})
+        assert 1 <= time.perf_counter() - started < 2.5
+        assert still_answers(local)  # the one connection thread is free again
+
+
+def test_a_request_that_stops_short_is_told_408(recognizer):
+    with in_process_server(recognizer, deadline=0.5) as local:
+        answer = raw_exchange(local, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n12345")
+    assert answer_json(answer) == (408, {"error": "the request did not arrive within 0.5 seconds"})
+
+
+def test_connections_over_the_cap_wait_until_one_is_free(recognizer):
+    with in_process_server(recognizer, connections=2) as local:
+        idle = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(2)]
+        time.sleep(0.3)  # both taken up
+        waiting = http.client.HTTPConnection("127.0.0.1", local.port, timeout=0.5)
+        waiting.request("POST", "/predict", drawing())
+        with pytest.raises(TimeoutError):
+            waiting.getresponse()  # no thread is free to read it
+        idle[0].close()
+        waiting.sock.settimeout(5)
+        assert waiting.getresponse().status == 200
+        waiting.close()
+        idle[1].close()
+
+
+def test_pictures_held_at_once_are_bounded_a_request_waits_for_room_or_is_503(recognizer):
+    picture = drawing()
+    with in_process_server(recognizer, body_bytes=len(picture) + 10, deadline=1) as local:
+        status, answer = post_picture(local, picture + bytes(11))  # more than all the room there is
+        assert status == 503 and answer == {"error": "the server is busy: try again in a moment"}
+        with socket.create_connection(("127.0.0.1", local.port)) as holding:
+            holding.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(picture))
+            time.sleep(0.5)  # its picture's bytes are set aside; it sends none of them, and is cut off at 1 s
+            started = time.perf_counter()
+            status, _ = post_picture(local, picture)
+            assert status == 200 and time.perf_counter() - started > 0.3  # it waited for the room
+        assert still_answers(local)  # the bytes are free again
 
 
 def test_processes_1_answers_from_a_single_process(server):
@@ -166,8 +303,15 @@ def test_processes_1_answers_from_a_single_process(server):
 
 def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
     server = start_server("--model", model_file)
-    assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
-    assert all(still_answers(server) for _ in range(4))
+    try:
+        deadline = time.monotonic() + 30  # the address is said first; the helpers start after it
+        while helper_processes(server) < train.SERVE_PROCESSES - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
+        assert all(still_answers(server) for _ in range(4))
+    except BaseException:
+        server.process.kill()  # its helpers leave with it
+        raise
     code, err = stop_server(server, signal.SIGINT)
     assert code == 0 and "Traceback" not in err
     assert err.splitlines()[-1] == "Stopped."
@@ -228,15 +372,53 @@ def test_killed_outright_its_helper_processes_leave_too_and_free_the_port(model_
     assert port_is_free(port)
 
 
-def test_inputs_answered_together_get_the_answers_they_get_alone(model_file):
-    recognizer = train.Recognizer(model_file)
+class SlowModel:
+    """The model, a little slower (so that inputs wait and are answered together), counting the
+    inputs of each call, and failing on any batch holding an input marked -1."""
+
+    def __init__(self, model) -> None:
+        self.model, self.batches, self.delay = model, [], 0.02
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        self.batches.append(len(images))
+        time.sleep(self.delay)
+        if (images[:, 0, 0] == -1).any():
+            raise ValueError("a poisoned input")
+        return self.model.predict_on_batch(images)
+
+
+@pytest.fixture
+def slow_recognizer(recognizer):
+    model = recognizer.model
+    recognizer.model = SlowModel(model)
+    yield recognizer
+    recognizer.model = model
+
+
+def test_inputs_answered_together_get_the_answers_they_get_alone(slow_recognizer):
     rng = np.random.default_rng(0)
     images = [rng.random((28, 28), dtype=np.float32) for _ in range(40)]
-    alone = [recognizer.probabilities([image])[0] for image in images]
+    slow_recognizer.model.delay = 0
+    alone = [slow_recognizer.probabilities([image])[0] for image in images]
+    slow_recognizer.model.batches.clear()
+    slow_recognizer.model.delay = 0.02
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        together = list(pool.map(recognizer.answer, images))
+        together = list(pool.map(slow_recognizer.answer, images))
+    assert max(slow_recognizer.model.batches) > 1 and sum(slow_recognizer.model.batches) == len(images)
     for mine, expected in zip(together, alone):
         np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_input_the_model_fails_on_fails_alone_not_the_others_answered_with_it(slow_recognizer):
+    rng = np.random.default_rng(1)
+    images = [rng.random((28, 28), dtype=np.float32) for _ in range(24)]
+    images[5][0, 0] = -1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(slow_recognizer.answer, image) for image in images]
+        outcomes = [future.exception() or future.result() for future in futures]
+    assert max(slow_recognizer.model.batches) > 1
+    assert isinstance(outcomes[5], ValueError)
+    assert all(isinstance(outcome, np.ndarray) for index, outcome in enumerate(outcomes) if index != 5)
 
 
 def test_a_busy_port_is_one_clear_line(model_file):
@@ -271,3 +453,159 @@ def test_serving_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         train.parse_args(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_address_is_printed_before_any_process_can_answer(model_file, monkeypatch):
+    said_when = []
+
+    class Helper:
+        def terminate(self) -> None:
+            pass
+
+        def join(self) -> None:
+            pass
+
+    def helper(*args) -> Helper:
+        said_when.append(("a helper starts", stdout.getvalue()))
+        return Helper()
+
+    def answering(*args):
+        said_when.append(("the first process answers", stdout.getvalue()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "start_helper", helper)
+    monkeypatch.setattr(train, "answering_server", answering)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        assert train.main(["--serve", "--model", str(model_file), "--port", "0", "--processes", "3"]) == 0
+    assert [moment for moment, _ in said_when] == ["a helper starts"] * 2 + ["the first process answers"]
+    assert all(re.match(r"Draw digits at http://127\.0\.0\.1:\d+/ \(Ctrl-C to stop\)\n$", out) for _, out in said_when)
+
+
+def test_a_server_open_to_the_network_prints_addresses_people_can_open(capsys):
+    listener = train.listening_socket("0.0.0.0", 0)
+    port = listener.getsockname()[1]
+    with listener:
+        train.announce(listener)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Draw digits at http://localhost:{port}/ (Ctrl-C to stop)"
+    others = [f"http://{address}:{port}/" for address in train.own_addresses()]
+    assert lines[1] == f"From other computers: {' or '.join(others) or f'http://<this computer address>:{port}/'}"
+    assert "0.0.0.0" not in "\n".join(lines)
+
+
+def test_only_the_names_it_serves_under_are_answered(local):
+    for host, status in [(f"127.0.0.1:{local.port}", 200), (f"localhost:{local.port}", 200), ("[::1]", 200),
+                         (f"rebinding.example:{local.port}", 403), ("127.0.0.1.nip.io", 403), ("10.1.2.3", 403)]:
+        answer_status, _, body = request(local, "GET", "/", headers={"Host": host})
+        assert answer_status == status, host
+        if status == 403:
+            assert json.loads(body) == {"error": f"this server is not known as {host!r}: open it at the address it printed"}
+
+
+def test_bound_to_every_address_it_answers_to_this_computers_names_only(recognizer):
+    with in_process_server(recognizer, host="0.0.0.0") as local:
+        for host, status in [(socket.gethostname(), 200), (f"127.0.0.1:{local.port}", 200),
+                             (f"rebinding.example:{local.port}", 403)]:
+            assert request(local, "GET", "/", headers={"Host": host})[0] == status, host
+
+
+def test_a_request_from_another_pages_origin_is_403(local):
+    same = f"http://127.0.0.1:{local.port}"
+    status, _, _ = request(local, "POST", "/predict", drawing(), {"Origin": same})
+    assert status == 200
+    for origin in ("http://evil.example", "null", f"https://127.0.0.1:{local.port}"):
+        status, _, body = request(local, "POST", "/predict", drawing(), {"Origin": origin})
+        assert (status, json.loads(body)) == (403, {"error": f"requests from other pages ({origin}) are refused"})
+
+
+def test_a_query_string_does_not_change_the_path(local):
+    status, _, body = request(local, "POST", "/predict?from=script", drawing())
+    assert status == 200 and 0 <= json.loads(body)["digit"] <= 9
+
+
+def form_upload(files: dict[str, bytes], boundary: str = "----formboundary7MA4YWxk") -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body as curl -F file=@NAME sends it."""
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                    f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for name, data in files.items())
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'.encode() + body
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_form_upload_of_one_file_is_read_as_the_file_itself(local):
+    body, headers = form_upload({"seven.png": drawing()})
+    status, _, answer = request(local, "POST", "/predict", body, headers)
+    assert status == 200
+    assert json.loads(answer)["probabilities"] == post_picture(local, drawing())[1]["probabilities"]
+    body, headers = form_upload({"one.png": drawing(), "two.png": drawing()})
+    status, _, answer = request(local, "POST", "/predict", body, headers)
+    assert (status, json.loads(answer)) == (400, {"error": "a form upload must hold one file; this one holds 2"})
+
+
+def test_an_empty_picture_is_said_as_predict_says_it(local, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(train.PictureError) as predict_says:
+        train.load_picture(tmp_path / "empty.png")
+    assert post_picture(local, b"") == (400, {"error": str(predict_says.value)})
+
+
+def test_an_upload_larger_than_the_server_decodes_is_refused(local):
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 3100), 255).save(buffer, "PNG")
+    assert post_picture(local, buffer.getvalue()) == (
+        400, {"error": "too large to read safely (4000x3100 pixels; at most 12 megapixels)"})
+
+
+def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at():
+    picture = Image.new("L", (4000, 3200), 255)
+    ImageDraw.Draw(picture).line([(1000, 800), (3000, 800), (1800, 2800)], fill=0, width=120)
+    for kind in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        picture.save(buffer, kind)
+        buffer.seek(0)
+        if kind == "JPEG":  # decoded at half size, 2000x1600 pixels, then shrunk
+            assert train.decode_picture(buffer, max_pixels=4_000_000).shape == (819, 1024)
+        else:
+            with pytest.raises(train.PictureError, match=r"\(4000x3200 pixels; at most 4 megapixels\)"):
+                train.decode_picture(buffer, max_pixels=4_000_000)
+
+
+def test_a_photo_turned_by_its_exif_orientation_is_read_upright():
+    upright = Image.new("L", (600, 800), 240)
+    ImageDraw.Draw(upright).line([(150, 150), (450, 150), (250, 650)], fill=20, width=30)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[train.EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to show it"
+    readings = []
+    for picture, extra in ((upright, {}), (stored, {"exif": exif.tobytes()})):
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG", quality=95, **extra)
+        buffer.seek(0)
+        readings.append(train.read_digit(train.decode_picture(buffer)).image)
+    assert np.abs(readings[0] - readings[1]).max() < 0.1
+
+
+def test_the_default_process_count_is_the_cores_this_process_may_run_on():
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs CPU affinity (Linux) and two cores to run on")
+    done = subprocess.run([sys.executable, "-c", "import train; print(train.SERVE_PROCESSES)"], cwd=ROOT,
+                          capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    assert done.stdout.split() == ["1"], done.stderr
+
+
+def test_the_server_never_blocks_on_its_own_log(server):
+    """Each request's log line goes to stderr: here more than a pipe holds (64 KiB, and as much in the
+    stderr filter's), read by the fixture as it comes. The requests are sent at once (pipelined)."""
+    count = 1000  # about 210 KiB of log
+    one = b"GET /?" + b"x" * 198 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        sending = threading.Thread(target=connection.sendall, args=(one * count,))
+        sending.start()
+        answered, tail = 0, b""
+        while answered < count:
+            chunk = connection.recv(2**16)
+            assert chunk, "the server closed the connection"
+            answered += (tail + chunk).count(b"HTTP/1.1 200 ")
+            tail = chunk[-12:]  # shorter than the status line: none is counted twice
+        sending.join()
+    assert still_answers(server)

@@ -357,6 +357,9 @@ def main() -> int:
         print(f"wrong answers above 90% confidence, {name}: {sure} of {int(wrong.sum())} "
               f"({100 * sure / max(1, int(wrong.sum())):.0f}%)")
     print(pen_kinds(rows, right))
+    pen = np.array([row["source"] == "pen" and row["kind"] == "made" for row in rows])
+    print(f"confidence on the pen photos as made, as the model gives it: {honesty(raw[pen], labels[pen])}; "
+          f"calibrated (printed): {honesty(probabilities[pen], labels[pen])}")
     with np.load(args.data) as data:
         test = model.predict(data["x_test"] / 255, verbose=0)
         print(f"MNIST test set (10,000 images): as the model gives it: {honesty(test, data['y_test'])}; "

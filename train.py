@@ -1283,13 +1283,27 @@ def page_on_desk(small: np.ndarray) -> np.ndarray | None:
     edge, around_edge = (np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]) for a in (largest, around))
     if edge.mean() >= 0.5 or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
         return None
-    page = ndimage.binary_fill_holes(largest)
+    page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
     rows, columns = np.nonzero(page)
     room = ndimage.distance_transform_edt(np.pad(page, 1)).max()
     if rectangle_share(page) < PAGE_RECTANGLE or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1:
         return None
     page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
     return page if page.any() else None
+
+
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The smallest convex region holding the mask's pixels (the mask itself if they lie on a line)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.argwhere(mask)
+    try:
+        hull = ConvexHull(points)
+    except QhullError:
+        return mask
+    grid = np.indices(mask.shape).reshape(2, -1).T
+    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
+    return inside.reshape(mask.shape)
 
 
 def rectangle_share(mask: np.ndarray) -> float:

@@ -86,7 +86,8 @@ MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
 BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
 PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
 PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
-PAGE_ROOM = 0.15  # ... a circle of this share of its size as radius fits in it, ...
+PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
+PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
 FAR_DARKER = 0.5  # ... and what lies around it is less bright than this share of it (not a shadow)
 PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
 DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
@@ -1267,10 +1268,10 @@ def on_the_page(grey: np.ndarray) -> np.ndarray:
 def page_on_desk(small: np.ndarray) -> np.ndarray | None:
     """Where the page is, less its edge, if the picture shows a page lying on something far darker; else None.
 
-    The page is the largest light region (the picture split into light and dark, Otsu's way):
-    a rectangle with room in it, meeting less than half of the picture's border, while one region
-    less than half as bright (not a shadow) meets more. A chalk digit on a blackboard is light and
-    surrounded too, but is no roomy rectangle.
+    The page is the largest light region (the picture split into light and dark, Otsu's way)
+    with the ink on it: a roomy rectangle, mostly paper, meeting less than half of the picture's border,
+    while one region less than half as bright (not a shadow) meets more. A chalk digit on a
+    blackboard is light and surrounded too, but is mostly the board between its strokes.
     """
     from scipy import ndimage
 
@@ -1285,8 +1286,9 @@ def page_on_desk(small: np.ndarray) -> np.ndarray | None:
         return None
     page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
     rows, columns = np.nonzero(page)
-    room = ndimage.distance_transform_edt(np.pad(page, 1)).max()
-    if rectangle_share(page) < PAGE_RECTANGLE or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1:
+    room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1
+    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < PAGE_PAPER * page.sum()
+            or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1):
         return None
     page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
     return page if page.any() else None
@@ -1393,8 +1395,6 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     if not line.any():
         return line
     thickness = np.median(runs[line])
-    if thickness > RULED_LINE_THICKNESS * max(height, width):
-        return np.zeros_like(strokes)
     return line & (runs <= 1.5 * thickness + 1)
 
 

@@ -23,8 +23,9 @@ def drawn(strokes, side: int, pen: float, paper: int = 255, ink: int = 0, loops=
     width = max(1, round(pen * side))
     for stroke in strokes:
         draw.line([(x * side, y * side) for x, y in stroke], fill=ink, width=width, joint="curve")
-        for x, y in (stroke[0], stroke[-1]):
-            draw.ellipse([x * side - width / 2, y * side - width / 2, x * side + width / 2, y * side + width / 2], fill=ink)
+        for x, y in (stroke[0], stroke[-1]):  # round ends
+            half = width / 2
+            draw.ellipse([x * side - half, y * side - half, x * side + half, y * side + half], fill=ink)
     for left, top, right, bottom in loops:
         draw.ellipse([left * side, top * side, right * side, bottom * side], outline=ink, width=width)
     return picture

@@ -91,9 +91,18 @@ MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-
 FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
 NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
 MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
+BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
+PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
+PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
+PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
+PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
+FAR_DARKER = 0.5  # ... and what lies around it is less bright than this share of it (not a shadow)
+PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
+DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
 RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
 RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
 RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
+RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
@@ -102,6 +111,7 @@ SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit
 FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its size from each edge ...
 FRAME_EDGE_SHARE = 0.9  # ... along at least this share of each of its four edges
 SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
+GRAIN = 3  # ... and if as many other marks are at least half its size, it is the paper's grain
 LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
 BLANK_PICTURE = "no digit found (the image looks blank)"
 
@@ -1358,7 +1368,7 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     """
     ink, enlarged = ink_map(grey)
     strokes, strength = ink_strokes(ink)
-    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)))
+    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)), SMALL_DIGIT * enlarged)
     notes = []
     if several:
         notes.append("several marks: used the largest")
@@ -1389,9 +1399,7 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
     if max(grey.shape) < 100:
         factor = -(-100 // max(grey.shape))
         grey = np.kron(grey, np.ones((factor, factor), np.float32))
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) < 0.5:  # light ink on dark paper: turn it into dark ink on light paper
-        grey = 1 - grey
+    grey = on_the_page(grey)
     # The paper's brightness around each pixel: the brightest value in a window wider than a
     # stroke, taken on a small copy. Dividing by it evens out shadows and uneven lighting.
     height, width = grey.shape
@@ -1399,9 +1407,96 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
     small = Image.fromarray(np.uint8(grey * 255)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
     brightest = ndimage.maximum_filter(np.asarray(small), size=9, mode="nearest")
+    # Inside a stroke wider than the window (a marker, a blurred scan) the brightest value is ink:
+    # the paper is never taken to be darker than this share of the page's own brightness.
+    brightest = np.maximum(brightest, np.uint8(DARKEST_PAPER * np.percentile(small, 95)))
     paper = Image.fromarray(brightest).resize((width, height), Image.Resampling.BILINEAR)
     paper = np.maximum(np.asarray(paper, np.float32) / 255, 1e-3)
     return np.clip(1 - grey / paper, 0, 1), factor
+
+
+def on_the_page(grey: np.ndarray) -> np.ndarray:
+    """The picture as dark ink on light paper, with whatever lies around the page (a desk) painted paper.
+
+    A page lying on something far darker is light (see page_on_desk); otherwise the picture's
+    border is paper (a digit cropped close, a blackboard).
+    """
+    from PIL import Image
+
+    height, width = grey.shape
+    scale = PAGE_VIEW / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX), np.float32)
+    page = page_on_desk(small)
+    if page is None:  # light ink on dark paper is turned over: a border dark, and on the dark side of the split
+        border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        return 1 - grey if np.median(border) < min(0.5, otsu_threshold(small)) else grey
+    paper = float(np.median(small[page]))
+    inside = np.asarray(Image.fromarray(page.astype(np.float32), "F").resize(
+        (width, height), Image.Resampling.BILINEAR)) > 0.5
+    return np.where(inside, grey, paper).astype(np.float32)
+
+
+def page_on_desk(small: np.ndarray) -> np.ndarray | None:
+    """Where the page is, less its edge, if the picture shows a page lying on something far darker; else None.
+
+    The page is the largest light region (the picture split into light and dark, Otsu's way)
+    with the ink on it: a roomy rectangle, mostly paper, meeting less than half of the picture's border,
+    while one region less than half as bright (not a shadow) meets more. A chalk digit on a
+    blackboard is light and surrounded too, but is mostly the board between its strokes.
+    """
+    from scipy import ndimage
+
+    light = small > otsu_threshold(small)
+    labels, count = ndimage.label(light)
+    if count == 0:
+        return None
+    largest = labels == np.bincount(labels.ravel())[1:].argmax() + 1
+    around, _ = ndimage.label(~light & (small < FAR_DARKER * np.median(small[largest])))
+    edge, around_edge = (np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]) for a in (largest, around))
+    if edge.mean() >= 0.5 or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
+        return None
+    page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
+    rows, columns = np.nonzero(page)
+    room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1
+    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < PAGE_PAPER * page.sum()
+            or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1):
+        return None
+    page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
+    return page if page.any() else None
+
+
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The smallest convex region holding the mask's pixels (the mask itself if they lie on a line)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.argwhere(mask)
+    try:
+        hull = ConvexHull(points)
+    except QhullError:
+        return mask
+    grid = np.indices(mask.shape).reshape(2, -1).T
+    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
+    return inside.reshape(mask.shape)
+
+
+def rectangle_share(mask: np.ndarray) -> float:
+    """How much of the smallest rectangle around the mask, turned any way (in 3-degree steps), it fills."""
+    points = np.stack(np.nonzero(mask)).astype(np.float32)
+    angles = np.radians(np.arange(0, 90, 3))
+    turns = np.stack([np.stack([np.cos(angles), -np.sin(angles)], 1), np.stack([np.sin(angles), np.cos(angles)], 1)], 1)
+    along = turns @ points  # each angle: the points in axes turned by it
+    return points.shape[1] / float(np.min(np.prod(np.ptp(along, axis=2) + 1, axis=1)))
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """The grey level that splits the values into two classes as different as can be (Otsu, 1979)."""
+    counts, edges = np.histogram(values, bins=64, range=(0, 1))
+    below = np.cumsum(counts)[:-1]  # how many values lie below each candidate threshold ...
+    below_sum = np.cumsum(counts * edges[:-1])[:-1]  # ... and their sum
+    total, total_sum = counts.sum(), float((counts * edges[:-1]).sum())
+    between = (total_sum * below - below_sum * total) ** 2 / np.maximum(below * (total - below), 1)
+    return float(edges[1 + between.argmax()])
 
 
 def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
@@ -1409,10 +1504,13 @@ def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
 
     A pixel is a stroke where it holds at least half the strokes' full ink: the width at half
     strength is a stroke's true width, and paler marks (ruled lines, paper texture, noise) drop out.
-    The paper is what most of the picture is; its noise is measured, so that a blank page is not
-    read as strokes however the light falls.
+    The paper is what is left of the picture without what clearly stands out (a bold digit may fill
+    most of it); its noise is measured, so that a blank page is not read as strokes however the
+    light falls.
     """
     sample = ink[::2, ::2]  # a quarter of the pixels tell the paper's grey as well as all of them
+    if (sample > MIN_INK_CONTRAST).mean() > BOLD_INK_SHARE:  # the ink would skew the paper's grey and noise
+        sample = sample[sample <= MIN_INK_CONTRAST]
     paper = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - paper)))  # the spread of the paper's grey, robustly
     standing_out = ink > paper + max(MIN_INK_CONTRAST, NOISE_LEVELS * noise)
@@ -1423,32 +1521,52 @@ def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
-    """The strokes less the thin straight lines that cross most of the picture (ruled paper, a margin).
+    """The strokes less ruled lines: thin straight lines across most of the picture that repeat at a
+    spacing (ruled or squared paper) or run well past the rest of the ink on both sides (a margin).
 
     Where the digit touches or crosses a line, the ink there is taller than the line and is kept.
+    A single line that does neither is part of the digit (a 7's bar in a picture cropped to it).
+    A page with nothing but ruled lines on it is blank.
     """
-    kept = strokes & ~thin_long_lines(strokes) & ~thin_long_lines(strokes.T).T
-    return kept if kept.any() else strokes
+    across = ruled_lines(strokes)
+    lines = across | ruled_lines((strokes & ~across).T).T
+    kept = strokes & ~lines
+    if not kept.any():
+        raise PictureError(BLANK_PICTURE)
+    return kept
+
+
+def ruled_lines(strokes: np.ndarray) -> np.ndarray:
+    """The pixels of the nearly horizontal ruled lines (see without_ruled_lines)."""
+    lines = thin_long_lines(strokes)
+    rows = np.flatnonzero(lines.any(axis=1))
+    count = len(rows) and 1 + int((np.diff(rows) > 1).sum())  # lines lie in rows of their own
+    rest = np.flatnonzero((strokes & ~lines).any(axis=0))
+    if count != 1 or not len(rest):
+        return lines
+    ends = np.flatnonzero(lines.any(axis=0))
+    past = RULED_PAST * (ends[-1] - ends[0] + 1)
+    beyond = ends[0] + past <= np.percentile(rest, 2) and np.percentile(rest, 98) + past <= ends[-1]
+    return lines if beyond else np.zeros_like(lines)
 
 
 def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     """The pixels of thin, nearly horizontal lines that run across most of the picture's width."""
     height, width = strokes.shape
+    runs = vertical_run_lengths(strokes)
+    thin = strokes & (runs <= RULED_LINE_THICKNESS * max(height, width))  # not the lines across them (squared paper)
     pool = max(1, width // 64)  # columns per step: a line may climb one row per step
     columns = width // pool
-    pooled = strokes[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+    pooled = thin[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
     if bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE:  # no line can cross this few columns
         return np.zeros_like(strokes)
     pooled = bridged(pooled, RULED_LINE_GAP)
     ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
     on_line = (ahead + behind - 1 >= RULED_LINE * columns)
-    line = strokes & expand_columns(on_line, pool, width)
+    line = thin & expand_columns(on_line, pool, width)
     if not line.any():
         return line
-    runs = vertical_run_lengths(strokes)
     thickness = np.median(runs[line])
-    if thickness > RULED_LINE_THICKNESS * max(height, width):
-        return np.zeros_like(strokes)
     return line & (runs <= 1.5 * thickness + 1)
 
 
@@ -1512,11 +1630,12 @@ def without_frames(strokes: np.ndarray) -> np.ndarray:
     return kept if kept.any() else strokes
 
 
-def digit_marks(strokes: np.ndarray) -> tuple[np.ndarray, bool]:
+def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
     """The marks that form the digit, cropped to them, and whether other digit-sized marks were left out.
 
     Marks close together (the parts of a broken pen stroke, a 5's flag) form one group; specks
-    are left out; of several groups, the largest is the digit.
+    are left out; of several groups, the largest is the digit. If it is smaller than `small`
+    pixels and several others are nearly as large, they are all grain (a noisy blank page).
     """
     from scipy import ndimage
 
@@ -1533,6 +1652,8 @@ def digit_marks(strokes: np.ndarray) -> tuple[np.ndarray, bool]:
     several = any(size[id(group)] >= SEVERAL_MARKS * size[id(chosen)]
                   and bounds([boxes[i] for i in group])[1] - bounds([boxes[i] for i in group])[0] >= height / 2
                   for group in groups[1:])
+    if max(height, right - left) < small and sum(size[id(g)] >= size[id(chosen)] / 2 for g in groups[1:]) >= GRAIN:
+        raise PictureError(BLANK_PICTURE)
     crop = np.isin(labels[top:bottom, left:right], [i + 1 for i in chosen])
     return crop, several
 

@@ -3,14 +3,14 @@
 Used by tests/handwriting_check.py (figures) and the test suite (checks). An MNIST digit is
 thinned to its centre line, which is then drawn again with a round pen of any width, at any
 size, anywhere in a frame, on plain or ruled paper, in blue or black ink, sometimes inside a
-box, under uneven light, and saved as JPEG or PNG.
+box, under uneven light, and saved as JPEG or PNG. And pages with no digit on them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # each pair of touching pixels once
 INKS = {"black": (25, 25, 35), "blue": (25, 45, 140)}
@@ -96,16 +96,56 @@ def pen_photo(digit: np.ndarray, rng: np.random.Generator, pen_share: float | No
         gap = digit_height * gap + pen
         draw.rectangle([left - gap, top - gap, left + digit_width + gap, top + digit_height + gap],
                        outline=colour, width=max(1, round(pen)))
-    angle = rng.uniform(0, 2 * np.pi)  # light falling off across the page in some direction
+    reach = pen / 2 + 1  # the ink's bounds: the centre line's, and half the pen around it
+    box = (max(0, int(left - reach)), max(0, int(top - reach)),
+           min(width, int(left + digit_width + reach) + 1), min(height, int(top + digit_height + reach) + 1))
+    return lit(picture, rng), {"pen": pen_share, "ruled": ruled, "boxed": boxed, "ink": ink,
+                               "frame": f"{width}x{height}", "digit_share": digit_height / height, "box": box}
+
+
+def lit(picture: Image.Image, rng: np.random.Generator, falloff: tuple[float, float] = (0.05, 0.45),
+        grain: tuple[float, float] = (2, 10)) -> Image.Image:
+    """The page as a camera sees it: light falling off across it in some direction, and sensor noise."""
+    width, height = picture.size
+    angle = rng.uniform(0, 2 * np.pi)
     y, x = np.mgrid[0:1:32j, 0:1:32j]
     along = x * np.cos(angle) + y * np.sin(angle)
-    light = 1 - rng.uniform(0.05, 0.45) * (along - along.min()) / np.ptp(along)
+    light = 1 - rng.uniform(*falloff) * (along - along.min()) / np.ptp(along)
     shade = Image.fromarray(np.uint8(255 * light)).resize((width, height), Image.Resampling.BILINEAR)
     picture = ImageChops.multiply(picture, Image.merge("RGB", [shade] * 3))
-    noise = Image.effect_noise((width // 4, height // 4), rng.uniform(2, 10)).resize((width, height))
-    picture = ImageChops.add(picture, Image.merge("RGB", [noise] * 3), scale=1.0, offset=-128)
-    return picture, {"pen": pen_share, "ruled": ruled, "boxed": boxed, "ink": ink,
-                     "frame": f"{width}x{height}", "digit_share": digit_height / height}
+    noise = Image.effect_noise((width // 4, height // 4), rng.uniform(*grain)).resize((width, height))
+    return ImageChops.add(picture, Image.merge("RGB", [noise] * 3), scale=1.0, offset=-128)
+
+
+BLANK_PAGES = ("plain", "ruled", "squared", "shaded", "noisy")
+
+
+def blank_page(kind: str, rng: np.random.Generator, longer: int | None = None) -> Image.Image:
+    """A photo of a page with no digit on it: plain, ruled (sometimes with a margin line), squared,
+    strongly shaded (light falling off, a shadow across a corner) or noisy (a dim room's grain)."""
+    longer = int(rng.integers(800, 2001)) if longer is None else longer
+    width, height = (longer, longer * 3 // 4) if rng.random() < 0.5 else (longer * 3 // 4, longer)
+    picture = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(215, 256, 3)))
+    draw = ImageDraw.Draw(picture)
+    thickness = max(1, round(height * 0.0015))
+    if kind in ("ruled", "squared"):
+        spacing = height * (rng.uniform(0.04, 0.12) if kind == "ruled" else rng.uniform(0.025, 0.06))
+        colour = (150, 175, 215) if kind == "ruled" else (165, 180, 200)
+        for y in np.arange(rng.uniform(0, spacing), height, spacing):
+            draw.line([(0, y), (width, y)], fill=colour, width=thickness)
+        for x in np.arange(rng.uniform(0, spacing), width, spacing) if kind == "squared" else ():
+            draw.line([(x, 0), (x, height)], fill=colour, width=thickness)
+        if kind == "ruled" and rng.random() < 0.5:  # the margin's red line
+            x = width * rng.uniform(0.05, 0.2)
+            draw.line([(x, 0), (x, height)], fill=(220, 120, 120), width=thickness)
+    if kind == "shaded":
+        shadow = Image.new("L", (width, height), 255)
+        corner = rng.uniform(0.3, 0.6, 2) * (width, height)
+        ImageDraw.Draw(shadow).rectangle([-width, -height, *corner], fill=int(rng.integers(110, 170)))
+        shadow = shadow.filter(ImageFilter.GaussianBlur(height * 0.03)).convert("RGB")
+        picture = ImageChops.multiply(picture, shadow)
+    return lit(picture, rng, falloff=(0.3, 0.6) if kind == "shaded" else (0.05, 0.45),
+               grain=(20, 35) if kind == "noisy" else (2, 10))
 
 
 def save(picture: Image.Image, path: Path) -> Path:

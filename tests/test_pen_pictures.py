@@ -83,11 +83,14 @@ def pen_inputs() -> dict[float, list[np.ndarray]]:
                   for index, digit in enumerate(mnist_digits())] for pen in PENS}
 
 
+WIDTH_SLACK = 0.35  # the 28x28 input's width, measured again after anti-aliasing, strays this far at most
+
+
 @pytest.mark.parametrize("pen", PENS)
 def test_thin_and_bold_pens_come_back_with_mnists_stroke_width(pen, pen_inputs):
     low, high = train.MNIST_STROKE
     for index, made in enumerate(pen_inputs[pen]):
-        assert low - 1 <= mnist_stroke_width(made) <= high + 1, (pen, index)
+        assert low - WIDTH_SLACK <= mnist_stroke_width(made) <= high + WIDTH_SLACK, (pen, index)
 
 
 @pytest.mark.parametrize("pen", PENS)

@@ -1,0 +1,121 @@
+"""--predict on the kinds of picture people take besides a page photo: a digit cropped to its ink,
+bold and blurred and small, a page lying on a dark desk, and pages with no digit on them."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+import train
+from test_predict import similarity
+
+FOUR = [[(0.62, 0.05), (0.08, 0.68), (0.92, 0.68)], [(0.62, 0.05), (0.62, 0.95)]]  # strokes, as shares of the side
+SEVEN = [[(0.15, 0.1), (0.85, 0.1), (0.45, 0.9)]]
+EIGHT_LOOPS = [(0.25, 0.05, 0.75, 0.48), (0.2, 0.48, 0.8, 0.95)]  # an 8's two loops: ellipses' bounds
+
+
+def drawn(strokes, side: int, pen: float, paper: int = 255, ink: int = 0, loops=()) -> Image.Image:
+    """Strokes (and loops) drawn with a round pen `pen` of the side wide on a square page."""
+    picture = Image.new("L", (side, side), paper)
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(pen * side))
+    for stroke in strokes:
+        draw.line([(x * side, y * side) for x, y in stroke], fill=ink, width=width, joint="curve")
+        for x, y in (stroke[0], stroke[-1]):  # round ends
+            half = width / 2
+            draw.ellipse([x * side - half, y * side - half, x * side + half, y * side + half], fill=ink)
+    for left, top, right, bottom in loops:
+        draw.ellipse([left * side, top * side, right * side, bottom * side], outline=ink, width=width)
+    return picture
+
+
+def to_ink(picture: Image.Image, margin: int = 0) -> Image.Image:
+    """The picture cropped to its ink (darker than the paper) and `margin` pixels around it."""
+    grey = np.asarray(picture)
+    rows, columns = np.nonzero(grey < (int(grey.max()) + int(grey.min())) / 2)
+    return picture.crop((max(0, columns.min() - margin), max(0, rows.min() - margin),
+                         min(picture.width, columns.max() + 1 + margin), min(picture.height, rows.max() + 1 + margin)))
+
+
+def read(picture: Image.Image, fmt: str = "PNG") -> train.Reading:
+    """What --predict makes of the picture, saved in `fmt` and decoded as a file is."""
+    file = io.BytesIO()
+    picture.save(file, fmt)
+    file.seek(0)
+    return train.read_digit(train.decode_picture(file))
+
+
+def clean(strokes, loops=()) -> np.ndarray:
+    """The model's input for the digit drawn plainly: thin dark strokes on a white page with room around."""
+    page = Image.new("L", (600, 600), 255)
+    page.paste(drawn(strokes, 400, 0.04, loops=loops), (100, 100))
+    return read(page).image
+
+
+@pytest.mark.parametrize("side", [48, 150])
+def test_a_bold_blurred_digit_cropped_to_its_ink_and_saved_small_is_read(side):
+    """The issue's marker 4: a fifth of the picture wide, on light grey, blurred (3% of the side), cropped."""
+    bold = drawn(FOUR, 400, 0.2, paper=215, ink=30)
+    small = to_ink(bold.filter(ImageFilter.GaussianBlur(0.03 * 400))).resize((side, side), Image.Resampling.LANCZOS)
+    assert similarity(read(small).image, clean(FOUR)) > 0.8
+
+
+def test_a_blurry_medium_weight_eight_cropped_to_its_ink_is_one_digit_of_its_full_height():
+    medium = drawn([], 300, 0.1, paper=225, ink=40, loops=EIGHT_LOOPS).filter(ImageFilter.GaussianBlur(0.03 * 300))
+    small = to_ink(medium).resize((60, 80), Image.Resampling.LANCZOS)
+    reading = read(small, "JPEG")
+    assert reading.notes == []
+    assert similarity(reading.image, clean([], EIGHT_LOOPS)) > 0.8
+
+
+@pytest.mark.parametrize("margin", [10, 20])
+def test_a_thin_seven_cropped_close_to_its_ink_keeps_its_bar(margin):
+    """The bar of a 7 cropped to it crosses the whole picture, as a ruled line does, and is the digit's."""
+    seven = to_ink(drawn(SEVEN, 400, 0.01), margin)
+    assert similarity(read(seven).image, clean(SEVEN)) > 0.9
+
+
+def desk(page: Image.Image, share: float) -> Image.Image:
+    """The page photographed on a dark wooden desk that shows around it; the page `share` of the frame's side."""
+    rng = np.random.default_rng(0)
+    width, height = round(page.width / share), round(page.height / share)
+    wood = 60 + 12 * rng.standard_normal((height // 8, 1)) + 4 * rng.standard_normal((height // 8, width // 8))
+    frame = Image.fromarray(np.uint8(np.clip(wood, 0, 255))).resize((width, height), Image.Resampling.BILINEAR)
+    frame.paste(page.rotate(2, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=60),
+                (round(width * 0.05), round(height * 0.08)))
+    return frame
+
+
+@pytest.mark.parametrize("share", [0.7, 0.9])
+def test_a_page_on_a_dark_desk_is_read_as_the_page_alone(share):
+    page = Image.new("L", (600, 800), 235)
+    page.paste(drawn(SEVEN, 300, 0.03, paper=235), (150, 250))
+    assert similarity(read(desk(page, share), "JPEG").image, read(page, "JPEG").image) > 0.9
+
+
+def ruled_page(squared: bool) -> Image.Image:
+    """A blank page of ruled (or squared) paper, pale lines 50 pixels apart, photographed with a little noise."""
+    page = Image.new("RGB", (800, 600), (240, 238, 230))
+    draw = ImageDraw.Draw(page)
+    for y in range(30, 600, 50):
+        draw.line([(0, y), (800, y + 4)], fill=(150, 175, 215), width=2)
+    for x in range(20, 800, 50) if squared else ():
+        draw.line([(x, 0), (x - 3, 600)], fill=(150, 175, 215), width=2)
+    noise = np.random.default_rng(0).normal(0, 4, (600, 800, 1))
+    return Image.fromarray(np.uint8(np.clip(np.asarray(page) + noise, 0, 255)))
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_a_blank_ruled_or_squared_page_has_no_digit(squared):
+    with pytest.raises(train.PictureError, match="no digit found"):
+        read(ruled_page(squared), "JPEG")
+
+
+def test_a_digit_on_ruled_paper_is_still_read_without_its_lines():
+    seven = Image.new("L", (800, 600), 255)
+    seven.paste(drawn(SEVEN, 150, 0.03), (300, 180))
+    on_ruled = ImageChops.darker(ruled_page(squared=False), seven.convert("RGB"))
+    on_plain = ImageChops.darker(Image.new("RGB", (800, 600), (240, 238, 230)), seven.convert("RGB"))
+    assert similarity(read(on_ruled, "JPEG").image, read(on_plain, "JPEG").image) > 0.9

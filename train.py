@@ -103,6 +103,7 @@ RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled pape
 RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
 RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
+LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
@@ -1525,27 +1526,33 @@ def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     spacing (ruled or squared paper) or run well past the rest of the ink on both sides (a margin).
 
     Where the digit touches or crosses a line, the ink there is taller than the line and is kept.
-    A single line that does neither is part of the digit (a 7's bar in a picture cropped to it).
+    A single line that does neither is part of the digit (a 7's bar in a picture cropped to it), and
+    so is a lone stroke that is all the ink, unless it lies flat (a 1 is never drawn lying down).
     A page with nothing but ruled lines on it is blank.
     """
-    across = ruled_lines(strokes)
-    lines = across | ruled_lines((strokes & ~across).T).T
+    across = ruled_lines(strokes, lone_is_ruled=True)
+    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=False).T
     kept = strokes & ~lines
     if not kept.any():
         raise PictureError(BLANK_PICTURE)
     return kept
 
 
-def ruled_lines(strokes: np.ndarray) -> np.ndarray:
-    """The pixels of the nearly horizontal ruled lines (see without_ruled_lines)."""
+def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
+    """The pixels of the nearly horizontal ruled lines (see without_ruled_lines); a single line
+    that is all the ink counts if `lone_is_ruled` and it lies flat."""
     lines = thin_long_lines(strokes)
     rows = np.flatnonzero(lines.any(axis=1))
     count = len(rows) and 1 + int((np.diff(rows) > 1).sum())  # lines lie in rows of their own
-    rest = np.flatnonzero((strokes & ~lines).any(axis=0))
-    if count != 1 or not len(rest):
+    if count != 1:
         return lines
     ends = np.flatnonzero(lines.any(axis=0))
-    past = RULED_PAST * (ends[-1] - ends[0] + 1)
+    length = ends[-1] - ends[0] + 1
+    rest = np.flatnonzero((strokes & ~lines).any(axis=0))
+    if not len(rest):
+        flat = rows[-1] - rows[0] + 1 <= LONE_LINE_SLOPE * length
+        return lines if lone_is_ruled and flat else np.zeros_like(lines)
+    past = RULED_PAST * length
     beyond = ends[0] + past <= np.percentile(rest, 2) and np.percentile(rest, 98) + past <= ends[-1]
     return lines if beyond else np.zeros_like(lines)
 

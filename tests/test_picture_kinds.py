@@ -119,3 +119,18 @@ def test_a_digit_on_ruled_paper_is_still_read_without_its_lines():
     on_ruled = ImageChops.darker(ruled_page(squared=False), seven.convert("RGB"))
     on_plain = ImageChops.darker(Image.new("RGB", (800, 600), (240, 238, 230)), seven.convert("RGB"))
     assert similarity(read(on_ruled, "JPEG").image, read(on_plain, "JPEG").image) > 0.9
+
+
+@pytest.mark.parametrize("top, bottom", [((0.5, 0.0), (0.5, 0.99)), ((0.99, 0.0), (0.0, 0.99)),
+                                         ((0.7, 0.05), (0.3, 0.95))], ids=["upright", "diagonal", "leaning"])
+def test_a_thin_one_alone_in_its_picture_is_a_digit_not_a_ruled_line(top, bottom):
+    """A single thin stroke that is all the ink, upright or leaning, is a 1, however tightly cropped."""
+    one = drawn([[top, bottom]], 100, 0.01)
+    assert similarity(read(one).image, clean([[top, bottom]])) > 0.9
+
+
+def test_a_single_flat_line_alone_on_the_page_is_blank():
+    page = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(page).line([(0, 150), (300, 153)], fill=0, width=2)
+    with pytest.raises(train.PictureError, match="no digit found"):
+        read(page)

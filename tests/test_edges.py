@@ -608,7 +608,7 @@ def test_a_figure_that_fails_half_drawn_is_not_kept(tmp_path, monkeypatch, capsy
 
     for plot in ("plot_history", "plot_confusion", "plot_mistakes"):
         monkeypatch.setattr(train, plot, half_drawn)
-    train.draw_figures(tmp_path, {}, {"confusion_matrix": []}, np.zeros((1, 28, 28)), np.zeros(1), np.zeros((1, 10)))
+    train.draw_figures(tmp_path, {}, {"confusion_matrix": []}, np.zeros((1, 28, 28)), np.zeros(1), np.zeros((1, 10)), 1.0)
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err == "".join(f"warning: {name} was not drawn: the renderer ran out of memory\n"
                                               for name in FIGURES)

@@ -1793,6 +1793,9 @@ def load_trained_model(path: Path):
 
 def chosen_model(args: argparse.Namespace) -> Path:
     """The model file --predict and --serve use, checked before seconds are spent starting TensorFlow."""
+    if args.model is None and not (args.output_dir / MODEL_FILE).exists():
+        raise DataError(f"no {MODEL_FILE} in {args.output_dir.resolve()}: train one first with: "
+                        "python train.py, or name one with --model PATH")
     path = args.model or args.output_dir / MODEL_FILE
     check_model_file(path)
     return path
@@ -1915,18 +1918,18 @@ def pictures_in(paths: list[Path]) -> list[Path]:
     return pictures
 
 
-def save_preprocessed(readings: dict[Path, Reading], folder: Path) -> None:
+def save_preprocessed(reading: Reading, path: Path, folder: Path, used: set[str]) -> None:
+    """The 28x28 input the model saw for the picture `path`, as DIR/<its name>.png (-2, -3, ... for a
+    name already used in this run)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    for path, reading in readings.items():
-        name, copy = f"{path.stem}.png", 1
-        while name in used:
-            copy += 1
-            name = f"{path.stem}-{copy}.png"
-        used.add(name)
-        Image.fromarray(np.uint8(np.round(reading.image * 255))).save(folder / name)
+    name, copy = f"{path.stem}.png", 1
+    while name in used:
+        copy += 1
+        name = f"{path.stem}-{copy}.png"
+    used.add(name)
+    Image.fromarray(np.uint8(np.round(reading.image * 255))).save(folder / name)
 
 
 def answer_line(path: Path, row: np.ndarray, notes: list[str]) -> str:
@@ -1941,32 +1944,32 @@ def answer_json(path: Path, row: np.ndarray | None, notes: list[str], error: str
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Classify each picture, in order: one line each; 1 if any picture could not be read."""
+    """Classify each picture in order, saying each answer as soon as it is known (so a long folder
+    shows its progress, and an interrupted one keeps what it said); 1 if any picture could not be read.
+
+    TensorFlow starts with the first picture that holds a digit: a batch of bad files is told at once.
+    """
     model_path = chosen_model(args)
-    pictures = pictures_in(args.predict)
-    readings, errors = {}, {}
-    for path in pictures:
+    recognizer, failed, saved_names = None, False, set()
+    for path in pictures_in(args.predict):
         try:
-            readings[path] = read_digit(*open_picture(path))
+            reading = read_digit(*open_picture(path))
         except PictureError as error:
-            errors[path] = str(error)
-    start_tensorflow(SEED)
-    recognizer = Recognizer(model_path)
-    answers = {}
-    if readings:
-        answers = dict(zip(readings, recognizer.probabilities([reading.image for reading in readings.values()])))
-    for path in pictures:
-        if args.format == "json":
-            print(answer_json(path, answers.get(path), readings[path].notes if path in readings else [],
-                              errors.get(path)))
-        elif path in answers:
-            print(answer_line(path, answers[path], readings[path].notes))
-        else:
-            print(f"{path}: error: {errors[path]}", file=sys.stderr)
-    if readings and args.save_preprocessed is not None:
-        with writing_to(args.save_preprocessed):
-            save_preprocessed(readings, args.save_preprocessed)
-    return EXIT_ERROR if errors else 0
+            failed = True
+            if args.format == "json":
+                print(answer_json(path, None, [], str(error)))
+            else:
+                print(f"{path}: error: {error}", file=sys.stderr)
+            continue
+        if recognizer is None:
+            start_tensorflow(SEED)
+            recognizer = Recognizer(model_path)
+        [row] = recognizer.probabilities([reading.image])
+        print(answer_json(path, row, reading.notes) if args.format == "json" else answer_line(path, row, reading.notes))
+        if args.save_preprocessed is not None:
+            with writing_to(args.save_preprocessed):
+                save_preprocessed(reading, path, args.save_preprocessed, saved_names)
+    return EXIT_ERROR if failed else 0
 
 
 # -----------------------------------------------------------------------------
@@ -2551,9 +2554,18 @@ class ClosedPipeTolerant(io.TextIOBase):
         return self.stream.isatty()
 
 
+REQUIRED_PACKAGES = ("tensorflow", "keras", "h5py", "PIL", "scipy")  # imported where they are needed
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
+    missing = [package for package in REQUIRED_PACKAGES if importlib.util.find_spec(package) is None]
+    if missing:  # most often: a virtual environment not activated
+        print(f"error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in this Python "
+              f"({sys.executable}): pip install -r requirements.txt (in the virtual environment, if you made one)",
+              file=sys.stderr)
+        return EXIT_ERROR
     for stopping in STOP_SIGNALS[1:]:  # `kill` and a closed terminal stop as cleanly as Ctrl-C
         if stopping is not None:
             signal.signal(stopping, signal.default_int_handler)

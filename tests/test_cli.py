@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import train
-from conftest import ROOT
+from conftest import ROOT, run_here
 
 BAD_OPTIONS = {
     "epochs zero": (["--epochs", "0"], "--epochs: must be at least 1"),
@@ -79,3 +79,13 @@ def test_tensorboard_without_its_package_is_a_usage_error(monkeypatch, capsys):
     assert exit_.value.code == 2
     assert "--tensorboard: the tensorboard package is not installed (pip install tensorboard)" in \
         capsys.readouterr().err
+
+
+def test_a_python_without_the_packages_is_told_how_to_install_them_in_one_line(monkeypatch):
+    find_spec = train.importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec",
+                        lambda name, *rest: None if name in ("tensorflow", "keras") else find_spec(name, *rest))
+    done = run_here("--epochs", "1")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"error: tensorflow, keras are not installed in this Python ({sys.executable}): "
+                           "pip install -r requirements.txt (in the virtual environment, if you made one)\n")

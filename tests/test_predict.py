@@ -322,3 +322,40 @@ def test_the_size_notes_are_in_the_pictures_own_pixels_however_large_it_is():
     words, pixels = size_note(photo)
     assert words == "the digit is small for so large a picture (N pixels tall): crop closer to it"
     assert abs(pixels - height) <= 2, pixels
+
+
+def test_each_answer_is_said_as_soon_as_known_and_an_interrupted_batch_keeps_them(model_file, tmp_path,
+                                                                                  monkeypatch):
+    for name in ("a", "b", "c"):
+        Image.fromarray(drawn_digit()).save(tmp_path / f"{name}.png")
+    opened = train.open_picture
+
+    def ctrl_c_at_the_third(path: Path):
+        if path.name == "c.png":  # by now the first two answers must be out, and their inputs saved
+            assert sys.stdout.getvalue().count("\n") == 2 and len(list((tmp_path / "seen").iterdir())) == 2
+            raise KeyboardInterrupt
+        return opened(path)
+
+    monkeypatch.setattr(train, "open_picture", ctrl_c_at_the_third)
+    done = run_here("--predict", tmp_path, "--model", model_file, "--save-preprocessed", tmp_path / "seen")
+    assert done.returncode == train.EXIT_INTERRUPTED
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert sorted(path.name for path in (tmp_path / "seen").iterdir()) == ["a.png", "b.png"]
+
+
+def test_pictures_that_hold_no_digit_are_told_without_starting_tensorflow(model_file, tmp_path, monkeypatch):
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
+    monkeypatch.setattr(train, "start_tensorflow", lambda seed: pytest.fail("TensorFlow started for no digit"))
+    done = run_here("--predict", tmp_path / "empty.png", tmp_path / "blank.png", "--model", model_file)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"{tmp_path / 'empty.png'}: error: file is empty",
+                                        f"{tmp_path / 'blank.png'}: error: {train.BLANK_PICTURE}"]
+
+
+def test_without_a_model_in_the_folder_the_error_says_where_it_looked_and_how_to_name_one(tmp_path):
+    Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
+    done = run_here("--predict", tmp_path / "seven.png", "--output-dir", tmp_path / "elsewhere")
+    assert done.returncode == 1
+    assert done.stderr == (f"error: no model.h5 in {(tmp_path / 'elsewhere').resolve()}: train one first with: "
+                           "python train.py, or name one with --model PATH\n")

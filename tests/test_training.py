@@ -129,7 +129,7 @@ def test_figures_are_pngs_of_a_sensible_size(smoke):
             assert figure.format == "PNG" and 150 <= min(figure.size) and max(figure.size) <= 2000, name
 
 
-def test_no_tensorboard_logs_by_default(smoke):  # with --tensorboard: test_edges's second run
+def test_no_tensorboard_logs_by_default(smoke):  # with --tensorboard: test_edges's tensorboard run
     _, out = smoke
     assert not (out / train.TENSORBOARD_DIR).exists()
 

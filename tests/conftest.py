@@ -118,6 +118,21 @@ def model_file(trained) -> Path:
     return trained[1] / "model.h5"
 
 
+@pytest.fixture
+def saving_only(monkeypatch) -> None:
+    """For the tests of how a run saves its outputs: its epochs learn nothing and its figures are
+    placeholders, which spares the seconds that compiling an epoch and drawing take; what these
+    tests are about, main()'s staging, signals, messages and move, is the real thing."""
+    import train
+
+    def placeholder_figures(folder: Path, *results) -> None:
+        for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
+            (folder / name).write_bytes(b"\x89PNG placeholder")
+
+    monkeypatch.setattr(train, "make_epoch_trainer", lambda model, images, labels: lambda order: (0.0, 0.0))
+    monkeypatch.setattr(train, "draw_figures", placeholder_figures)
+
+
 class Server(NamedTuple):
     process: subprocess.Popen
     url: str

@@ -188,7 +188,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch):
+def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch, saving_only):
     out = tmp_path / "out"
     before = previous_good_run(out)
 

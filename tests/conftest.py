@@ -119,10 +119,10 @@ def model_file(trained) -> Path:
 
 
 @pytest.fixture
-def saving_only(monkeypatch) -> None:
-    """For the tests of how a run saves its outputs: its epochs learn nothing and its figures are
-    placeholders, which spares the seconds that compiling an epoch and drawing take; what these
-    tests are about, main()'s staging, signals, messages and move, is the real thing."""
+def no_learning(monkeypatch) -> None:
+    """For the tests of what a run does around its learning: its epochs learn nothing and its
+    figures are placeholders, which spares the seconds that compiling an epoch and drawing take;
+    what these tests are about, main()'s staging, signals, messages and move, is the real thing."""
     import train
 
     def placeholder_figures(folder: Path, *results) -> None:

@@ -70,7 +70,7 @@ def every_file(out: Path) -> dict[str, bytes]:
     return {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()}
 
 
-def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     monkeypatch.setattr(train.os, "replace", replace_then(lambda: os.kill(os.getpid(), signal.SIGTERM), after=3))
@@ -81,7 +81,7 @@ def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
 
 
-def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
@@ -154,7 +154,7 @@ def ctrl_c_at_first_call(monkeypatch, module, name: str, armed=lambda: True, aft
     monkeypatch.setattr(train, module.__name__, types.SimpleNamespace(**{**vars(module), name: call}))
 
 
-def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     publishing, real_publish = [], train.Staging.publish
@@ -166,7 +166,7 @@ def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(syn
     assert snapshot(out) == before
 
 
-def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     ctrl_c_at_first_call(monkeypatch, shutil, "rmtree", after=True)  # as the staging folder is removed
@@ -177,7 +177,7 @@ def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
 
 
-def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, monkeypatch):
+def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     signal_during_epoch(monkeypatch, signal.SIGHUP)
@@ -262,14 +262,14 @@ def test_a_folder_named_like_an_output_is_never_deleted(tmp_path, capsys):
     assert (tmp_path / "model.h5" / "notes.txt").read_text() == "mine"
 
 
-def test_an_interrupted_run_removes_every_folder_it_created(synthetic_npz, tmp_path, monkeypatch):
+def test_an_interrupted_run_removes_every_folder_it_created(synthetic_npz, tmp_path, monkeypatch, no_learning):
     top = tmp_path / "nest"
     signal_during_epoch(monkeypatch, signal.SIGTERM)
     done = run_here("--data", synthetic_npz, "--epochs", "3", "--output-dir", top / "a" / "b")
     assert done.returncode == 130 and not top.exists()
 
 
-def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch, no_learning):
     def full(*args):
         raise OSError("Unable to synchronously create dataset (file write failed: time = Wed Nov 25, "
                       "filename = 'model.h5', file descriptor = 4, errno = 28, error message = "
@@ -360,7 +360,7 @@ def test_the_history_figure_of_one_epoch_is_ticked_in_whole_epochs_and_percent()
     assert accuracy.get_ylabel() == "accuracy (%)" and accuracy.lines[0].get_ydata()[0] == pytest.approx(90)
 
 
-def test_on_a_terminal_the_epoch_line_is_rewritten_in_words(synthetic_npz, tmp_path):
+def test_on_a_terminal_the_epoch_line_is_rewritten_in_words(synthetic_npz, tmp_path, no_learning):
     leader, follower = pty.openpty()
     shown = []
 

@@ -188,7 +188,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch, saving_only):
+def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
@@ -227,7 +227,7 @@ def signal_during_epoch(monkeypatch, number: int, epoch: int = 2, first: Callabl
     monkeypatch.setattr(train, "epoch_order", order)
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_npz, tmp_path, monkeypatch):
+def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     during: list[Path] = []

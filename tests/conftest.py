@@ -22,9 +22,13 @@ TRAIN = ROOT / "train.py"
 sys.path.insert(0, str(ROOT))
 
 
-# The files whose tests take longest (about 20, 28, 10 and 15 s of work here), in the order
-# pytest-xdist's workers start them, so that the two workers finish together.
-SLOWEST_FIRST = ("test_serve.py", "test_edges.py", "test_browser.py", "test_training.py")
+# The files whose tests take longest, longest first (test_browser.py goes with test_serve.py, see
+# SAME_WORKER), in the order pytest-xdist's workers start them, so that the two workers finish together.
+SLOWEST_FIRST = ("test_serve.py", "test_browser.py", "test_edges_processes.py", "test_training.py",
+                 "test_predict.py", "test_edges.py", "test_pen_pictures.py", "test_training_recipe.py")
+# Files that share a session fixture too costly to make on both workers (the server: a process
+# that starts TensorFlow) run on one worker, as if they were one file.
+SAME_WORKER = {"test_browser.py": "test_serve.py"}
 
 
 def pytest_configure(config):
@@ -38,8 +42,14 @@ def pytest_xdist_make_scheduler(config, log):
     run, pen photos, a browser, a server) is made once; the files in the order collected."""
     from xdist.scheduler import LoadFileScheduling
 
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            name = scope.rpartition("/")[2]
+            return scope.removesuffix(name) + SAME_WORKER[name] if name in SAME_WORKER else scope
+
     config.option.loadscopereorder = False  # xdist would put the files with the most tests first
-    return LoadFileScheduling(config, log)
+    return FileScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items):
@@ -116,6 +126,21 @@ def trained(tmp_path_factory, synthetic_npz) -> tuple[Ran, Path]:
 @pytest.fixture(scope="session")
 def model_file(trained) -> Path:
     return trained[1] / "model.h5"
+
+
+@pytest.fixture
+def no_learning(monkeypatch) -> None:
+    """For the tests of what a run does around its learning: its epochs learn nothing and its
+    figures are placeholders, which spares the seconds that compiling an epoch and drawing take;
+    what these tests are about, main()'s staging, signals, messages and move, is the real thing."""
+    import train
+
+    def placeholder_figures(folder: Path, *results) -> None:
+        for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
+            (folder / name).write_bytes(b"\x89PNG placeholder")
+
+    monkeypatch.setattr(train, "make_epoch_trainer", lambda model, images, labels: lambda order: (0.0, 0.0))
+    monkeypatch.setattr(train, "draw_figures", placeholder_figures)
 
 
 class Server(NamedTuple):

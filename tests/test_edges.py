@@ -1,4 +1,5 @@
-"""The promises at the edges: signals, pipes, re-runs, one-line messages, words and numbers."""
+"""The promises at the edges: signals, re-runs, one-line messages, words and numbers (those that
+only a process of its own shows: test_edges_processes.py)."""
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 
 import train
-from conftest import ROOT, TRAIN, Ran, run_here, run_train, synthetic_mnist
+from conftest import Ran, run_here, synthetic_mnist
 from test_training import FIGURES, OUTPUTS, previous_good_run, signal_during_epoch, snapshot
 
 
@@ -69,7 +70,7 @@ def every_file(out: Path) -> dict[str, bytes]:
     return {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()}
 
 
-def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch):
+def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     monkeypatch.setattr(train.os, "replace", replace_then(lambda: os.kill(os.getpid(), signal.SIGTERM), after=3))
@@ -80,7 +81,7 @@ def test_a_kill_during_the_final_move_waits_until_every_output_is_new(synthetic_
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
 
 
-def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch):
+def test_an_error_part_way_through_the_move_puts_every_old_output_back(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
@@ -153,7 +154,7 @@ def ctrl_c_at_first_call(monkeypatch, module, name: str, armed=lambda: True, aft
     monkeypatch.setattr(train, module.__name__, types.SimpleNamespace(**{**vars(module), name: call}))
 
 
-def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(synthetic_npz, tmp_path, monkeypatch):
+def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     publishing, real_publish = [], train.Staging.publish
@@ -165,7 +166,7 @@ def test_a_signal_while_the_move_is_being_prepared_saves_nothing_and_says_so(syn
     assert snapshot(out) == before
 
 
-def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch):
+def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     ctrl_c_at_first_call(monkeypatch, shutil, "rmtree", after=True)  # as the staging folder is removed
@@ -176,7 +177,7 @@ def test_a_signal_after_the_move_says_every_output_was_saved(synthetic_npz, tmp_
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
 
 
-def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, monkeypatch):
+def test_a_closed_terminal_stops_cleanly_like_ctrl_c(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     signal_during_epoch(monkeypatch, signal.SIGHUP)
@@ -223,16 +224,22 @@ def test_a_staging_folder_is_removed_when_its_lock_is_free_and_never_while_it_is
         holder.wait(timeout=30)
 
 
-def test_tensorboard_logs_go_to_a_new_run_folder_keeping_the_earlier_runs(synthetic_npz, tmp_path):
-    out = tmp_path / "out"
+def test_tensorboard_logs_go_to_a_new_run_folder_keeping_the_earlier_runs_and_replacing_a_better_model_is_said(
+        synthetic_npz, tmp_path):
+    out = tmp_path / "out"  # one run shows both: each costs a training run
+    previous_good_run(out)
+    (out / train.METRICS_FILE).write_text(json.dumps({"test_accuracy": 1.0}))
     (out / train.TENSORBOARD_DIR / "run-earlier").mkdir(parents=True)
     (out / train.TENSORBOARD_DIR / "run-earlier" / "events").write_text("earlier run")
-    assert quick_run(synthetic_npz, out, "--tensorboard").returncode == 0
+    done = run_here("--data", synthetic_npz, "--epochs", "1", "--batch-size", "480", "--output-dir", out, "--tensorboard")
+    assert done.returncode == 0  # two steps: a poor model
     new = [run for run in (out / train.TENSORBOARD_DIR).iterdir() if run.name != "run-earlier"]
     assert len(new) == 1 and new[0].name.startswith("run-")
     assert (out / "logs/run-earlier/events").read_text() == "earlier run"
     events = list(new[0].rglob("events.out.tfevents.*"))
     assert events and all(event.stat().st_size > 0 for event in events)
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("Note: the model.h5 this replaced was more accurate on the test set (100.00% against ")
 
 
 def test_a_file_named_like_the_tensorboard_folder_is_refused_and_kept(tmp_path, capsys):
@@ -255,36 +262,14 @@ def test_a_folder_named_like_an_output_is_never_deleted(tmp_path, capsys):
     assert (tmp_path / "model.h5" / "notes.txt").read_text() == "mine"
 
 
-def test_replacing_a_more_accurate_model_is_said(synthetic_npz, tmp_path):
-    out = tmp_path / "out"
-    previous_good_run(out)
-    (out / train.METRICS_FILE).write_text(json.dumps({"test_accuracy": 1.0}))
-    done = run_here("--data", synthetic_npz, "--epochs", "1", "--batch-size", "480", "--output-dir", out)
-    assert done.returncode == 0  # two steps: a poor model
-    last = done.stdout.splitlines()[-1]
-    assert last.startswith("Note: the model.h5 this replaced was more accurate on the test set (100.00% against ")
-
-
-def test_an_interrupted_run_removes_every_folder_it_created(synthetic_npz, tmp_path, monkeypatch):
+def test_an_interrupted_run_removes_every_folder_it_created(synthetic_npz, tmp_path, monkeypatch, no_learning):
     top = tmp_path / "nest"
     signal_during_epoch(monkeypatch, signal.SIGTERM)
     done = run_here("--data", synthetic_npz, "--epochs", "3", "--output-dir", top / "a" / "b")
     assert done.returncode == 130 and not top.exists()
 
 
-def test_a_closed_pipe_stops_the_printing_not_the_run(synthetic_npz, tmp_path):
-    out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--data", str(synthetic_npz), "--epochs", "1",
-                                "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    process.stdout.readline()
-    process.stdout.close()  # `| head -1`
-    err = process.stderr.read().decode()
-    process.wait(timeout=120)
-    assert process.returncode == 0 and err == ""
-    assert {p.name for p in out.iterdir()} >= OUTPUTS - {train.DIAGRAM_FILE}
-
-
-def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch):
+def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monkeypatch, no_learning):
     def full(*args):
         raise OSError("Unable to synchronously create dataset (file write failed: time = Wed Nov 25, "
                       "filename = 'model.h5', file descriptor = 4, errno = 28, error message = "
@@ -298,12 +283,6 @@ def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monk
     assert done.stderr == (f"error: could not write the outputs to {out}: the disk is full; "
                                        "the previous outputs are as they were\n")
     assert snapshot(out) == before
-
-
-def test_a_usage_error_is_one_line_with_a_pointer_to_help():
-    done = run_train("--epochs", "0")
-    assert done.returncode == 2
-    assert done.stderr == "error: argument --epochs: must be at least 1, got 0 (python train.py --help lists the options)\n"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -357,133 +336,6 @@ def test_a_huge_picture_is_refused_in_one_line_without_pillows_warning(tmp_path,
     assert not recwarn.list
 
 
-def test_what_a_crashing_process_writes_to_stderr_still_arrives():
-    code = ("import os, train\n"
-            "with train.tensorflow_chatter_filtered():\n"
-            "    os.write(2, b'I0000 00:00 chatter\\nlast words before the crash\\n')\n"
-            "    os.abort()\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert done.stderr == "last words before the crash\n"
-
-
-def test_tensorflows_own_messages_show_when_the_user_asks():
-    # Without TF_CPP_MIN_LOG_LEVEL=0 they do not: test_training's smoke run has an empty stderr.
-    code = "import train\nwith train.tensorflow_chatter_filtered():\n    train.start_tensorflow(1)\n"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=120)
-    assert done.returncode == 0
-    assert "I0000" in done.stderr
-
-
-def test_a_re_py_in_the_current_folder_breaks_neither_the_warnings_nor_the_run(model_file, tmp_path):
-    for shadow in ("re.py", "enum.py"):  # a learner's own files, named like Python's modules
-        (tmp_path / shadow).write_text("raise SystemExit('this is not the standard module')\n")
-    (tmp_path / "pictures").mkdir()
-    Image.new("L", (100, 100), 255).save(tmp_path / "pictures" / "blank.png")
-    Image.fromarray(255 - np.eye(100, dtype=np.uint8) * 255).save(tmp_path / "pictures" / "one.png")
-    (tmp_path / "pictures" / "notes.txt").write_text("not a picture")
-    done = subprocess.run([sys.executable, str(TRAIN), "--predict", "pictures", "--model", str(model_file),
-                           "--save-preprocessed", "seen"],
-                          cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert done.stderr.splitlines() == [f"{Path('pictures', 'notes.txt')}: skipped: not a picture",
-                                        f"{Path('pictures', 'blank.png')}: error: {train.BLANK_PICTURE}"]
-    assert done.returncode == 1 and done.stdout.startswith(f"{Path('pictures', 'one.png')}: ")
-    assert (tmp_path / "seen" / "one.png").is_file()
-
-
-def started_alone(code: str, *args: str | Path) -> subprocess.Popen:
-    """`python -c code args` in a session of its own, as a terminal starts a command: a signal to
-    its process group reaches it and every process it started there."""
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-def forwarder_of(pid: int) -> int:
-    """The stderr forwarder, the one process that the process `pid` has started."""
-    [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(child)
-
-
-def alive(pid: int) -> bool:
-    """Whether the process `pid` still runs: not ended, and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def test_ctrl_c_in_a_terminal_is_reported_and_loses_nothing(synthetic_npz, tmp_path):
-    out = tmp_path / "out"
-    before = previous_good_run(out)
-    code = ("import sys, time, train\n"
-            "def start_tensorflow(seed):  # where this run is when Ctrl-C comes\n"
-            "    try:\n"
-            "        print('started', flush=True)\n"
-            "        time.sleep(60)\n"
-            "    except KeyboardInterrupt:  # a clean-up that has something to say, once the signal has\n"
-            "        print('interrupted', flush=True)  # reached the forwarder too (the test says when)\n"
-            "        sys.stdin.readline()\n"
-            "        train.warn('stopping')\n"
-            "        raise\n"
-            "train.start_tensorflow = start_tensorflow\n"
-            "sys.exit(train.main(sys.argv[1:]))\n")
-    run = started_alone(code, "--data", synthetic_npz, "--epochs", "1", "--output-dir", out, "--quiet")
-    assert run.stdout.readline() == "started\n"
-    forwarder = forwarder_of(run.pid)
-    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does: to the whole foreground process group
-    assert run.stdout.readline() == "interrupted\n"
-    give_up = time.monotonic() + 0.5
-    while alive(forwarder) and time.monotonic() < give_up:  # a forwarder the signal stops has stopped by then
-        time.sleep(0.01)
-    _, err = run.communicate("go on\n", timeout=30)
-    assert run.returncode == train.EXIT_INTERRUPTED
-    assert err == f"warning: stopping\n\nInterrupted: nothing was saved; {out} is as it was.\n"
-    assert snapshot(out) == before
-
-
-def test_if_the_stderr_forwarder_is_killed_stderr_still_reaches_the_terminal():
-    code = ("import os, sys, train\n"
-            "with train.tensorflow_chatter_filtered():\n"
-            "    print('filtering', flush=True)\n"
-            "    sys.stdin.readline()  # the test kills the forwarder meanwhile\n"
-            "    train.warn('Graphviz not found')\n"
-            "    os.write(2, b'I0000 00:00 chatter\\n')\n"
-            "    print('still here', file=sys.stderr)\n")
-    run = started_alone(code)
-    assert run.stdout.readline() == "filtering\n"
-    forwarder = forwarder_of(run.pid)
-    os.kill(forwarder, signal.SIGKILL)
-    while alive(forwarder):
-        time.sleep(0.01)
-    _, err = run.communicate("go on\n", timeout=30)
-    assert run.returncode == 0
-    assert err == "warning: Graphviz not found\nstill here\n"
-
-
-def test_when_the_terminal_is_gone_writing_to_stderr_still_does_not_fail_the_run():
-    code = ("import sys, train\n"
-            "with train.tensorflow_chatter_filtered():\n"
-            "    print('filtering', flush=True)\n"
-            "    for line in sys.stdin:  # the test closes the terminal before the first line\n"
-            "        train.warn(line.strip())\n"
-            "        print('written', flush=True)\n"
-            "print('done', flush=True)\n")
-    run = started_alone(code)
-    assert run.stdout.readline() == "filtering\n"
-    forwarder = forwarder_of(run.pid)
-    run.stderr.close()  # writing to a closed terminal fails, as to a pipe with no reader
-    run.stdin.write("Graphviz not found\n")
-    run.stdin.flush()
-    assert run.stdout.readline() == "written\n"
-    give_up = time.monotonic() + 0.5
-    while alive(forwarder) and time.monotonic() < give_up:  # a forwarder that the failed write stops has stopped
-        time.sleep(0.01)
-    out, _ = run.communicate("a figure failed\n", timeout=30)
-    assert run.returncode == 0 and out == "written\ndone\n"
-
-
 @pytest.mark.parametrize("total, fraction, kept", [(60_000, 1 / 3, 40_000), (59_999, 0.2, 47_999), (60_000, 0.2, 48_000)])
 def test_the_validation_split_is_exactly_keras(total, fraction, kept):
     labels = np.zeros(total, np.uint8)
@@ -508,7 +360,7 @@ def test_the_history_figure_of_one_epoch_is_ticked_in_whole_epochs_and_percent()
     assert accuracy.get_ylabel() == "accuracy (%)" and accuracy.lines[0].get_ydata()[0] == pytest.approx(90)
 
 
-def test_on_a_terminal_the_epoch_line_is_rewritten_in_words(synthetic_npz, tmp_path):
+def test_on_a_terminal_the_epoch_line_is_rewritten_in_words(synthetic_npz, tmp_path, no_learning):
     leader, follower = pty.openpty()
     shown = []
 

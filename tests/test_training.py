@@ -129,7 +129,7 @@ def test_figures_are_pngs_of_a_sensible_size(smoke):
             assert figure.format == "PNG" and 150 <= min(figure.size) and max(figure.size) <= 2000, name
 
 
-def test_no_tensorboard_logs_by_default(smoke):  # with --tensorboard: test_edges's second run
+def test_no_tensorboard_logs_by_default(smoke):  # with --tensorboard: test_edges's tensorboard run
     _, out = smoke
     assert not (out / train.TENSORBOARD_DIR).exists()
 
@@ -188,7 +188,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch):
+def test_a_run_that_fails_while_saving_leaves_the_previous_model_untouched(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
 
@@ -227,7 +227,7 @@ def signal_during_epoch(monkeypatch, number: int, epoch: int = 2, first: Callabl
     monkeypatch.setattr(train, "epoch_order", order)
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_npz, tmp_path, monkeypatch):
+def test_ctrl_c_stops_cleanly_and_leaves_the_output_folder_as_it_was(synthetic_npz, tmp_path, monkeypatch, no_learning):
     out = tmp_path / "out"
     before = previous_good_run(out)
     during: list[Path] = []

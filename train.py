@@ -2333,17 +2333,20 @@ def serve(args: argparse.Namespace) -> int:
     # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
     helpers = [start_helper(listener, model_path, page, policy, args.quiet, names)
                for _ in range(args.processes - 1)]
+    stopped = False
     try:
         with tensorflow_chatter_filtered():
             answering_server(listener, model_path, page, policy, args.quiet, names).serve_forever()
     except KeyboardInterrupt:
-        print("Stopped.", file=sys.stderr)
+        stopped = True
     finally:
         for helper in helpers:
             helper.terminate()
         for helper in helpers:
             helper.join()
         listener.close()
+    if stopped:  # said last: no helper's log line can come after it
+        print("Stopped.", file=sys.stderr)
     return 0
 
 

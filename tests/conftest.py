@@ -154,7 +154,8 @@ class Server(NamedTuple):
 def start_server(*args: str | Path) -> Server:
     """train.py --serve in a fresh process on a free port, returned once it says where it listens."""
     process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--port", "0", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               start_new_session=True)  # a process group of its own, as in a terminal
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
     reader.start()
@@ -188,8 +189,13 @@ def helper_processes(server: Server) -> int:
 
 
 def stop_server(server: Server, how: int = signal.SIGINT) -> tuple[int, str]:
-    """Stop the server with the signal `how`; its exit code and everything it wrote on stderr."""
-    server.process.send_signal(how)
+    """Stop the server with the signal `how`, sent as a terminal sends Ctrl-C (to the whole process
+    group, helpers included) or as `kill` sends the others (to the process); its exit code and
+    everything it wrote on stderr."""
+    if how == signal.SIGINT:
+        os.killpg(server.process.pid, how)
+    else:
+        server.process.send_signal(how)
     server.process.wait(timeout=30)
     server.reader.join(timeout=30)
     return server.process.returncode, "".join(server.log)

@@ -104,6 +104,7 @@ RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of th
 RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
 LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
+MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
@@ -1531,9 +1532,10 @@ def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     A page with nothing but ruled lines on it is blank.
     """
     across = ruled_lines(strokes, lone_is_ruled=True)
-    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=False).T
+    margin = line_count(across) >= MARGIN_CROSSES  # a line down a page ruled across is its margin
+    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=margin).T
     kept = strokes & ~lines
-    if not kept.any():
+    if kept.sum() < MIN_INK_PIXELS:  # what the lines leave is specks, not a digit
         raise PictureError(BLANK_PICTURE)
     return kept
 
@@ -1542,10 +1544,9 @@ def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
     """The pixels of the nearly horizontal ruled lines (see without_ruled_lines); a single line
     that is all the ink counts if `lone_is_ruled` and it lies flat."""
     lines = thin_long_lines(strokes)
-    rows = np.flatnonzero(lines.any(axis=1))
-    count = len(rows) and 1 + int((np.diff(rows) > 1).sum())  # lines lie in rows of their own
-    if count != 1:
+    if line_count(lines) != 1:
         return lines
+    rows = np.flatnonzero(lines.any(axis=1))
     ends = np.flatnonzero(lines.any(axis=0))
     length = ends[-1] - ends[0] + 1
     rest = np.flatnonzero((strokes & ~lines).any(axis=0))
@@ -1555,6 +1556,12 @@ def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
     past = RULED_PAST * length
     beyond = ends[0] + past <= np.percentile(rest, 2) and np.percentile(rest, 98) + past <= ends[-1]
     return lines if beyond else np.zeros_like(lines)
+
+
+def line_count(lines: np.ndarray) -> int:
+    """How many nearly horizontal lines the mask holds: they lie in rows of their own."""
+    rows = np.flatnonzero(lines.any(axis=1))
+    return len(rows) and 1 + int((np.diff(rows) > 1).sum())
 
 
 def thin_long_lines(strokes: np.ndarray) -> np.ndarray:

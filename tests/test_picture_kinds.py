@@ -122,6 +122,30 @@ def test_a_blank_ruled_page_with_a_margin_line_has_no_digit():
         read(ruled_page(squared=False, margin=True), "JPEG")
 
 
+def shaded_page() -> Image.Image:
+    """A blank page with a soft shadow across one corner (a hand or a phone held over it), a little noisy."""
+    shadow = Image.new("L", (800, 600), 255)
+    ImageDraw.Draw(shadow).rectangle([0, 0, 330, 260], fill=140)
+    shadow = shadow.filter(ImageFilter.GaussianBlur(18))
+    page = ImageChops.multiply(Image.new("L", (800, 600), 235), shadow)
+    noise = np.random.default_rng(0).normal(0, 3, (600, 800))
+    return Image.fromarray(np.uint8(np.clip(np.asarray(page) + noise, 0, 255)))
+
+
+def test_a_blank_page_with_a_shadow_across_a_corner_has_no_digit():
+    """The shadow's edge is darker than the lit paper beside it, but it is no stroke: the shadow goes on beyond it."""
+    with pytest.raises(train.PictureError, match="no digit found"):
+        read(shaded_page(), "JPEG")
+
+
+def test_a_digit_beside_a_shadow_is_read_as_without_it():
+    seven = Image.new("L", (800, 600), 255)
+    seven.paste(drawn(SEVEN, 200, 0.03), (450, 300))
+    with_shadow = ImageChops.darker(shaded_page(), seven)
+    without = ImageChops.darker(Image.new("L", (800, 600), 235), seven)
+    assert similarity(read(with_shadow, "JPEG").image, read(without, "JPEG").image) > 0.9
+
+
 def test_a_digit_on_ruled_paper_is_still_read_without_its_lines():
     seven = Image.new("L", (800, 600), 255)
     seven.paste(drawn(SEVEN, 150, 0.03), (300, 180))

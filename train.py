@@ -99,11 +99,13 @@ PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in i
 FAR_DARKER = 0.5  # ... and what lies around it is less bright than this share of it (not a shadow)
 PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
 DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
+PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
 RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
 RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
 RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
 LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
+MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
@@ -1367,9 +1369,10 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     digit are left out, the pen's width is brought within MNIST's, and then MNIST's own steps
     follow. Sizes in the notes are in the user's pixels, `scale` of them to each pixel of `grey`.
     """
-    ink, enlarged = ink_map(grey)
-    strokes, strength = ink_strokes(ink)
-    marks, several = digit_marks(without_frames(without_ruled_lines(strokes)), SMALL_DIGIT * enlarged)
+    ink, between, enlarged = ink_map(grey)
+    strokes, between_paper, strength = ink_strokes(ink, between)
+    marks, several = digit_marks(without_shadow_edges(without_frames(without_ruled_lines(strokes)), between_paper),
+                                 SMALL_DIGIT * enlarged)
     notes = []
     if several:
         notes.append("several marks: used the largest")
@@ -1387,11 +1390,13 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     return Reading(centre_by_mass(digit, FIELD), notes)
 
 
-def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
+def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """How much ink each pixel holds, 0 (paper) to 1, whatever the polarity, lighting and pencil.
 
-    A tiny picture is enlarged first, so that its strokes are several pixels wide; the second
-    value says by how much.
+    The first map measures it against the brightest paper near the pixel, the second against the
+    paper on both sides of it (see paper_on_both_sides): a stroke is darker than both, the edge of
+    a shadow only than the lit side. A tiny picture is enlarged first, so that its strokes are
+    several pixels wide; the third value says by how much.
     """
     from PIL import Image
     from scipy import ndimage
@@ -1407,13 +1412,34 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, int]:
     scale = 48 / max(height, width)
     small = Image.fromarray(np.uint8(grey * 255)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    brightest = ndimage.maximum_filter(np.asarray(small), size=9, mode="nearest")
+    small = np.asarray(small)
     # Inside a stroke wider than the window (a marker, a blurred scan) the brightest value is ink:
     # the paper is never taken to be darker than this share of the page's own brightness.
-    brightest = np.maximum(brightest, np.uint8(DARKEST_PAPER * np.percentile(small, 95)))
-    paper = Image.fromarray(brightest).resize((width, height), Image.Resampling.BILINEAR)
-    paper = np.maximum(np.asarray(paper, np.float32) / 255, 1e-3)
-    return np.clip(1 - grey / paper, 0, 1), factor
+    darkest = np.uint8(DARKEST_PAPER * np.percentile(small, 95))
+
+    def ink_against(paper: np.ndarray) -> np.ndarray:
+        paper = Image.fromarray(np.maximum(paper, darkest)).resize((width, height), Image.Resampling.BILINEAR)
+        return np.clip(1 - grey / np.maximum(np.asarray(paper, np.float32) / 255, 1e-3), 0, 1)
+
+    brightest = ndimage.maximum_filter(small, size=9, mode="nearest")
+    return ink_against(brightest), ink_against(paper_on_both_sides(small, PAPER_REACH)), factor
+
+
+def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
+    """The paper's brightness beside each pixel as a stroke has it: the brightest value within `reach`
+    pixels on each side, the darker of the two sides, along a row or down a column, whichever is brighter.
+
+    A stroke has paper on both sides of it in some direction; a pixel just inside a shadow has the
+    lit paper on one side only, and the shadow on the other. Beyond the picture's edge lies its
+    mirror image, so that a stroke along the edge of a tight crop still has paper beyond it.
+    """
+    from scipy import ndimage
+
+    def brightest(axis: int, side: int) -> np.ndarray:
+        return ndimage.maximum_filter1d(small, size=reach + 1, axis=axis, mode="reflect", origin=side * (reach // 2))
+
+    along_rows, down_columns = (np.minimum(brightest(axis, 1), brightest(axis, -1)) for axis in (1, 0))
+    return np.maximum(along_rows, down_columns)
 
 
 def on_the_page(grey: np.ndarray) -> np.ndarray:
@@ -1500,8 +1526,9 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(edges[1 + between.argmax()])
 
 
-def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
-    """The pixels that are pen strokes, and how strongly the strokes stand out from the paper (0-1).
+def ink_strokes(ink: np.ndarray, between: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The pixels that are pen strokes, those of them that stand out as much against the paper on
+    both sides of them (`between`, see ink_map), and how strongly the strokes stand out from the paper (0-1).
 
     A pixel is a stroke where it holds at least half the strokes' full ink: the width at half
     strength is a stroke's true width, and paler marks (ruled lines, paper texture, noise) drop out.
@@ -1509,16 +1536,29 @@ def ink_strokes(ink: np.ndarray) -> tuple[np.ndarray, float]:
     most of it); its noise is measured, so that a blank page is not read as strokes however the
     light falls.
     """
-    sample = ink[::2, ::2]  # a quarter of the pixels tell the paper's grey as well as all of them
+    sample, beside = ink[::2, ::2], between[::2, ::2]  # a quarter of the pixels tell the paper's grey as well
     if (sample > MIN_INK_CONTRAST).mean() > BOLD_INK_SHARE:  # the ink would skew the paper's grey and noise
-        sample = sample[sample <= MIN_INK_CONTRAST]
+        papery = sample <= MIN_INK_CONTRAST
+        sample, beside = sample[papery], beside[papery]
     paper = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - paper)))  # the spread of the paper's grey, robustly
     standing_out = ink > paper + max(MIN_INK_CONTRAST, NOISE_LEVELS * noise)
     if standing_out.sum() < MIN_INK_PIXELS:
         raise PictureError(BLANK_PICTURE)
     strength = float(np.percentile(ink[standing_out], 90)) - paper
-    return ink > paper + max(strength / 2, NOISE_LEVELS * noise), strength
+    above = max(strength / 2, NOISE_LEVELS * noise)  # above the paper's own level in each map
+    return ink > paper + above, between > float(np.median(beside)) + above, strength
+
+
+def without_shadow_edges(strokes: np.ndarray, between_paper: np.ndarray) -> np.ndarray:
+    """The strokes less what is darker than the paper on one side only: the edge of a shadow.
+
+    Taken off after the ruled lines, which are found whole in `strokes`, however faint in parts.
+    """
+    kept = strokes & between_paper
+    if kept.sum() < MIN_INK_PIXELS:
+        raise PictureError(BLANK_PICTURE)
+    return kept
 
 
 def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
@@ -1531,9 +1571,10 @@ def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     A page with nothing but ruled lines on it is blank.
     """
     across = ruled_lines(strokes, lone_is_ruled=True)
-    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=False).T
+    margin = line_count(across) >= MARGIN_CROSSES  # a line down a page ruled across is its margin
+    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=margin).T
     kept = strokes & ~lines
-    if not kept.any():
+    if kept.sum() < MIN_INK_PIXELS:  # what the lines leave is specks, not a digit
         raise PictureError(BLANK_PICTURE)
     return kept
 
@@ -1542,10 +1583,9 @@ def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
     """The pixels of the nearly horizontal ruled lines (see without_ruled_lines); a single line
     that is all the ink counts if `lone_is_ruled` and it lies flat."""
     lines = thin_long_lines(strokes)
-    rows = np.flatnonzero(lines.any(axis=1))
-    count = len(rows) and 1 + int((np.diff(rows) > 1).sum())  # lines lie in rows of their own
-    if count != 1:
+    if line_count(lines) != 1:
         return lines
+    rows = np.flatnonzero(lines.any(axis=1))
     ends = np.flatnonzero(lines.any(axis=0))
     length = ends[-1] - ends[0] + 1
     rest = np.flatnonzero((strokes & ~lines).any(axis=0))
@@ -1555,6 +1595,12 @@ def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
     past = RULED_PAST * length
     beyond = ends[0] + past <= np.percentile(rest, 2) and np.percentile(rest, 98) + past <= ends[-1]
     return lines if beyond else np.zeros_like(lines)
+
+
+def line_count(lines: np.ndarray) -> int:
+    """How many nearly horizontal lines the mask holds: they lie in rows of their own."""
+    rows = np.flatnonzero(lines.any(axis=1))
+    return len(rows) and 1 + int((np.diff(rows) > 1).sum())
 
 
 def thin_long_lines(strokes: np.ndarray) -> np.ndarray:

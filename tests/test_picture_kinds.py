@@ -95,14 +95,17 @@ def test_a_page_on_a_dark_desk_is_read_as_the_page_alone(share):
     assert similarity(read(desk(page, share), "JPEG").image, read(page, "JPEG").image) > 0.9
 
 
-def ruled_page(squared: bool) -> Image.Image:
-    """A blank page of ruled (or squared) paper, pale lines 50 pixels apart, photographed with a little noise."""
+def ruled_page(squared: bool, margin: bool = False) -> Image.Image:
+    """A blank page of ruled (or squared) paper, pale lines 50 pixels apart, photographed with a little noise;
+    ruled paper may have its red margin line down the left."""
     page = Image.new("RGB", (800, 600), (240, 238, 230))
     draw = ImageDraw.Draw(page)
     for y in range(30, 600, 50):
         draw.line([(0, y), (800, y + 4)], fill=(150, 175, 215), width=2)
     for x in range(20, 800, 50) if squared else ():
         draw.line([(x, 0), (x - 3, 600)], fill=(150, 175, 215), width=2)
+    if margin:
+        draw.line([(90, 0), (90, 600)], fill=(220, 120, 120), width=2)
     noise = np.random.default_rng(0).normal(0, 4, (600, 800, 1))
     return Image.fromarray(np.uint8(np.clip(np.asarray(page) + noise, 0, 255)))
 
@@ -111,6 +114,36 @@ def ruled_page(squared: bool) -> Image.Image:
 def test_a_blank_ruled_or_squared_page_has_no_digit(squared):
     with pytest.raises(train.PictureError, match="no digit found"):
         read(ruled_page(squared), "JPEG")
+
+
+def test_a_blank_ruled_page_with_a_margin_line_has_no_digit():
+    """The margin is a lone thin line down the page, as a 1 cropped to its ink is; but it crosses the ruled lines."""
+    with pytest.raises(train.PictureError, match="no digit found"):
+        read(ruled_page(squared=False, margin=True), "JPEG")
+
+
+def shaded_page() -> Image.Image:
+    """A blank page with a soft shadow across one corner (a hand or a phone held over it), a little noisy."""
+    shadow = Image.new("L", (800, 600), 255)
+    ImageDraw.Draw(shadow).rectangle([0, 0, 330, 260], fill=140)
+    shadow = shadow.filter(ImageFilter.GaussianBlur(18))
+    page = ImageChops.multiply(Image.new("L", (800, 600), 235), shadow)
+    noise = np.random.default_rng(0).normal(0, 3, (600, 800))
+    return Image.fromarray(np.uint8(np.clip(np.asarray(page) + noise, 0, 255)))
+
+
+def test_a_blank_page_with_a_shadow_across_a_corner_has_no_digit():
+    """The shadow's edge is darker than the lit paper beside it, but it is no stroke: the shadow goes on beyond it."""
+    with pytest.raises(train.PictureError, match="no digit found"):
+        read(shaded_page(), "JPEG")
+
+
+def test_a_digit_beside_a_shadow_is_read_as_without_it():
+    seven = Image.new("L", (800, 600), 255)
+    seven.paste(drawn(SEVEN, 200, 0.03), (450, 300))
+    with_shadow = ImageChops.darker(shaded_page(), seven)
+    without = ImageChops.darker(Image.new("L", (800, 600), 235), seven)
+    assert similarity(read(with_shadow, "JPEG").image, read(without, "JPEG").image) > 0.9
 
 
 def test_a_digit_on_ruled_paper_is_still_read_without_its_lines():

@@ -121,6 +121,13 @@ def test_ctrl_c_in_a_terminal_is_reported_and_loses_nothing(synthetic_npz, tmp_p
     assert snapshot(out) == before
 
 
+def filtering(code: str) -> tuple[subprocess.Popen, int]:
+    """`code` started alone, once it says its stderr is being filtered; the process and its forwarder's pid."""
+    run = started_alone(code)
+    assert run.stdout.readline() == "filtering\n"
+    return run, forwarder_of(run.pid)
+
+
 def test_if_the_stderr_forwarder_is_killed_stderr_still_reaches_the_terminal():
     code = ("import os, sys, train\n"
             "with train.tensorflow_chatter_filtered():\n"
@@ -129,9 +136,7 @@ def test_if_the_stderr_forwarder_is_killed_stderr_still_reaches_the_terminal():
             "    train.warn('Graphviz not found')\n"
             "    os.write(2, b'I0000 00:00 chatter\\n')\n"
             "    print('still here', file=sys.stderr)\n")
-    run = started_alone(code)
-    assert run.stdout.readline() == "filtering\n"
-    forwarder = forwarder_of(run.pid)
+    run, forwarder = filtering(code)
     os.kill(forwarder, signal.SIGKILL)
     while alive(forwarder):
         time.sleep(0.01)
@@ -148,9 +153,7 @@ def test_when_the_terminal_is_gone_writing_to_stderr_still_does_not_fail_the_run
             "        train.warn(line.strip())\n"
             "        print('written', flush=True)\n"
             "print('done', flush=True)\n")
-    run = started_alone(code)
-    assert run.stdout.readline() == "filtering\n"
-    forwarder = forwarder_of(run.pid)
+    run, forwarder = filtering(code)
     run.stderr.close()  # writing to a closed terminal fails, as to a pipe with no reader
     run.stdin.write("Graphviz not found\n")
     run.stdin.flush()

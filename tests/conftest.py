@@ -129,18 +129,26 @@ def model_file(trained) -> Path:
 
 
 @pytest.fixture
-def no_learning(monkeypatch) -> None:
-    """For the tests of what a run does around its learning: its epochs learn nothing and its
-    figures are placeholders, which spares the seconds that compiling an epoch and drawing take;
-    what these tests are about, main()'s staging, signals, messages and move, is the real thing."""
+def placeholder_figures(monkeypatch) -> None:
+    """For the tests about anything but the figures: they are placeholders, which spares the
+    second that drawing them takes (tests/test_report.py tests the figures)."""
     import train
 
-    def placeholder_figures(folder: Path, *results) -> None:
+    def placeholders(folder: Path, *results) -> None:
         for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
             (folder / name).write_bytes(b"\x89PNG placeholder")
 
+    monkeypatch.setattr(train, "draw_figures", placeholders)
+
+
+@pytest.fixture
+def no_learning(monkeypatch, placeholder_figures) -> None:
+    """For the tests of what a run does around its learning: its epochs learn nothing (and its
+    figures are placeholders), which spares the seconds that compiling an epoch takes; what these
+    tests are about, main()'s staging, signals, messages and move, is the real thing."""
+    import train
+
     monkeypatch.setattr(train, "make_epoch_trainer", lambda model, images, labels: lambda order: (0.0, 0.0))
-    monkeypatch.setattr(train, "draw_figures", placeholder_figures)
 
 
 class Server(NamedTuple):

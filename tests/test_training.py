@@ -140,7 +140,7 @@ def test_architecture_diagram_is_a_png(smoke):
     assert is_png(out / train.DIAGRAM_FILE)
 
 
-def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_path):
+def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_path, placeholder_figures):
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     out = tmp_path / "out"
@@ -152,7 +152,8 @@ def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_
     assert {p.name for p in out.iterdir()} == OUTPUTS - {train.DIAGRAM_FILE}
 
 
-def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke, synthetic_npz, tmp_path):
+def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke, synthetic_npz, tmp_path,
+                                                                      placeholder_figures):
     def results(out: Path) -> tuple[dict, bytes]:
         metrics = json.loads((out / train.METRICS_FILE).read_text())
         return {k: metrics[k] for k in ("test_accuracy", "test_loss", "history")}, weights(out)

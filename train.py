@@ -9,6 +9,7 @@ The run loads MNIST, scales the pixels to [0, 1], holds out the last 20% of the
 training images for validation, trains Flatten -> Dense(128, relu) ->
 Dense(10, softmax) with Adam, prints the test accuracy, and writes
 model.h5, model_architecture.png and metrics.json to the output folder.
+predict.py reads your own pictures of digits with the model; serve.py lets you draw them.
 
 TensorFlow is imported only after the options and the data have been checked,
 so a mistake is reported at once instead of after several seconds of start-up.
@@ -37,7 +38,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -76,48 +77,6 @@ TENSORBOARD_DIR = "logs"
 OUTPUT_FILES = (MODEL_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FIGURE, CONFUSION_FIGURE,
                 MISTAKES_FIGURE)
 
-WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
-PICTURE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # what photos and drawings come in: only these
-# are opened (Pillow would run Ghostscript on an EPS, and each format it reads is code exposed to the file)
-NOT_A_PICTURE_FORMAT = "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"
-EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera was held
-MAX_PICTURE_PIXELS = 60_000_000  # larger pictures are refused: more than any phone's camera takes
-DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
-FIELD = 28  # ... and centred by centre of mass in 28x28
-MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
-STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
-STROKE_STEPS = 7  # halvings in the search for the pen width that matches MNIST's
-MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
-FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
-NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
-MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
-BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
-PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
-PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
-PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
-PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
-FAR_DARKER = 0.5  # ... and what lies around it is less bright than this share of it (not a shadow)
-PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
-DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
-PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
-RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
-RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
-RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
-RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
-LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
-MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
-SPECK = 0.02  # marks smaller than this share of the largest one are specks
-MAX_MARKS = 50  # only the largest marks are considered
-MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
-STACKED_GAP = 0.35  # ... and so are marks one above the other this close (a 5's flag)
-SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
-FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its size from each edge ...
-FRAME_EDGE_SHARE = 0.9  # ... along at least this share of each of its four edges
-SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
-GRAIN = 3  # ... and if as many other marks are at least half its size, it is the paper's grain
-LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
-BLANK_PICTURE = "no digit found (the image looks blank)"
-
 TEMPERATURE_ATTRIBUTE = "confidence_temperature"  # model.h5's attribute holding the calibration
 TEMPERATURE_RANGE = (0.25, 8.0)  # where the calibration's temperature is searched for ...
 TEMPERATURE_STEPS = 40  # ... in this many golden-section steps
@@ -125,24 +84,6 @@ CALIBRATION_BINS = 15  # confidence bins of the expected calibration error (Guo 
 CONFIDENT = 0.9  # a wrong answer above this confidence is believed: the calibration is judged by how many
 VARY_TURN, VARY_SLANT, VARY_SCALE, VARY_SHIFT = 15, 0.1, 0.15, 2  # degrees, shear, share, pixels: how the
 # digits the calibration is fitted on are varied, as digits read from pictures vary
-
-PAGE_FILE = "draw.html"  # the drawing page --serve serves, beside this script
-SERVE_HOST = "127.0.0.1"  # this computer only
-SERVE_PORT = 8000
-SERVE_MAX_BYTES = 20 * 2**20  # largest picture POST /predict takes: a phone photo fits
-SERVE_MAX_PIXELS = 12_000_000  # largest picture it decodes (a JPEG counts at the reduced size it is decoded at)
-SERVE_BODY_BYTES = 48 * 2**20  # pictures each process holds at once: two of the largest, and drawings beside them
-SERVE_READERS = 2  # pictures decoded at once, at most, by each serving process
-SERVE_CONNECTIONS = 200  # connections each process serves at once; more wait to be accepted
-SERVE_IDLE_SECONDS = 10  # a connection with no request for this long is closed
-SERVE_DEADLINE_SECONDS = 30  # a whole request, from its first byte: a 20 MiB photo at 1 MB/s arrives in time
-SERVE_LINGER_SECONDS = 1  # after an early answer, what the client still sends is read until it is silent this long
-USABLE_CORES = (os.process_cpu_count() if hasattr(os, "process_cpu_count")  # 3.13+: affinity and quotas
-                else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
-SERVE_PROCESSES = min(USABLE_CORES, 4)  # processes answering requests, each with its own model ...
-MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its own TensorFlow)
-SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
-
 STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into ...
 STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs,
 STAGING_ASIDE = ".previous"  # ... and this folder, for the outputs the run replaces until they are replaced
@@ -151,18 +92,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own code
 EXIT_INTERRUPTED = 130
-
-MODE_NAMES = {"train": "when training", "predict": "with --predict", "serve": "with --serve"}
-OPTION_MODES = {  # options that mean something in some modes only
-    **{option: ("train",) for option in ("--data", "--epochs", "--batch-size", "--validation-split",
-                                         "--lr-schedule", "--seed", "--tensorboard")},
-    "--model": ("predict", "serve"),
-    "--save-preprocessed": ("predict",),
-    "--format": ("predict",),
-    "--host": ("serve",),
-    "--port": ("serve",),
-    "--processes": ("serve",),
-}
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -216,28 +145,12 @@ class OutputError(Exception):
     """An output could not be written; the message names the folder and why."""
 
 
-class PictureError(Exception):
-    """One picture given to --predict cannot be read as a digit; the message says why."""
-
-
 class Mnist(NamedTuple):
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
-
-
-class Picture(NamedTuple):
-    """A picture as grey levels, and how many of the user's pixels one of its pixels stands for."""
-    grey: np.ndarray  # in [0, 1], at most WORK_SIZE pixels a side
-    scale: float  # the user's pixels per pixel of `grey`: above 1 when the picture was shrunk
-
-
-class Reading(NamedTuple):
-    """A picture made into the model's input, and what the preprocessing had to guess about it."""
-    image: np.ndarray  # 28x28 float32 in [0, 1], light digit on black, as MNIST's
-    notes: list[str]
 
 
 class Split(NamedTuple):
@@ -277,27 +190,23 @@ def open_fraction(text: str) -> float:
     return value
 
 
-def picture_path(text: str) -> Path:
-    """A file or folder given to --predict: a web address is said not to be one, as it was typed."""
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
-        raise argparse.ArgumentTypeError(f"{text}: web addresses are not read; download the picture "
-                                         "and give the file")
-    return Path(text)
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line with a pointer to --help, not the whole usage block."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"error: {message} (python train.py --help lists the options)\n")
+        self.exit(EXIT_USAGE, f"error: {message} (python {self.prog} --help lists the options)\n")
+
+
+MOVED_MODES = {"--predict": "python predict.py IMAGE...", "--serve": "python serve.py"}  # programs of their own now
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     parser = OneLineParser(
+        prog="train.py",
         allow_abbrev=False,  # --epoch is a typo, not --epochs
-        description="Train a digit classifier on MNIST and save it as model.h5, "
-                    "classify your own pictures of digits with --predict, or draw them with --serve.")
+        description="Train a digit classifier on MNIST and save it as model.h5 "
+                    "(python predict.py reads your pictures with it, python serve.py lets you draw).")
     parser.add_argument("--data", type=Path, metavar="PATH",
                         help="local MNIST: a Keras-format mnist.npz, or a folder with the four "
                              "original IDX files (optionally .gz) (default: download with Keras)")
@@ -321,42 +230,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write TensorBoard logs to OUTPUT_DIR/logs")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the results, no training progress")
-    recognizing = parser.add_argument_group("recognizing your own digits (no training)")
-    recognizing.add_argument("--predict", nargs="+", type=picture_path, metavar="IMAGE",
-                             help="classify these pictures of single digits (PNG, JPEG, GIF, BMP, "
-                                  "TIFF or WebP), or every picture in a folder")
-    recognizing.add_argument("--model", type=Path, metavar="PATH",
-                             help="the model to use, with --predict or --serve (default: OUTPUT_DIR/model.h5)")
-    recognizing.add_argument("--save-preprocessed", type=Path, metavar="DIR",
-                             help="also save each 28x28 input the model sees, as a PNG, in DIR")
-    recognizing.add_argument("--format", choices=("text", "json"), default="text",
-                             help="one line per picture in words, or one JSON object per picture "
-                                  "(default: %(default)s)")
-    serving = parser.add_argument_group("drawing digits in the browser (no training)")
-    serving.add_argument("--serve", action="store_true",
-                         help="serve a page where you draw digits and see the model read them")
-    serving.add_argument("--host", metavar="ADDR",
-                         help=f"address to serve on; 0.0.0.0 lets other computers in (default: {SERVE_HOST})")
-    serving.add_argument("--port", type=whole_number(0, 65535), metavar="N",
-                         help=f"port to serve on; 0 takes any free one (default: {SERVE_PORT})")
-    serving.add_argument("--processes", type=whole_number(1, MAX_SERVE_PROCESSES), default=SERVE_PROCESSES,
-                         metavar="N", help="processes answering requests, each with its own copy of the "
-                                           "model (default: one per core, at most 4: %(default)s here)")
+    for token in argv:
+        option = token.split("=")[0]
+        if option in MOVED_MODES:
+            parser.exit(EXIT_USAGE, f"error: {option} is a program of its own now: {MOVED_MODES[option]}\n")
     args = parser.parse_args(argv)
-    args.mode = "predict" if args.predict is not None else "serve" if args.serve else "train"
-    if args.predict is not None and args.serve:
-        parser.error("argument --serve: not with --predict")
-    given = {token.split("=")[0] for token in argv if token.startswith("--")}
-    for option, modes in OPTION_MODES.items():
-        if option in given and args.mode not in modes:
-            parser.error(f"argument {option}: only {' or '.join(MODE_NAMES[mode] for mode in modes)}")
-    args.host = SERVE_HOST if args.host is None else args.host
-    args.port = SERVE_PORT if args.port is None else args.port
-    for option, folder in (("--output-dir", args.output_dir if args.mode == "train" else None),
-                           ("--save-preprocessed", args.save_preprocessed)):
-        problem = folder is not None and output_dir_problem(folder)
-        if problem:
-            parser.error(f"argument {option}: {problem}")
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        parser.error(f"argument --output-dir: {problem}")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("argument --tensorboard: the tensorboard package is not installed "
                      "(pip install tensorboard)")
@@ -1283,1242 +1164,6 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
-# -----------------------------------------------------------------------------
-# Recognizing the user's own digits (--predict)
-# -----------------------------------------------------------------------------
-def load_picture(path: Path) -> np.ndarray:
-    """The picture in the file `path` as grey levels (see decode_picture)."""
-    return open_picture(path).grey
-
-
-def open_picture(path: Path) -> Picture:
-    """The picture in the file `path`; what keeps it from being read is said in a PictureError."""
-    if path.is_dir():
-        raise PictureError("a folder with no pictures")
-    if not path.exists():
-        raise PictureError("no such file")
-    if not path.is_file():
-        raise PictureError("not a regular file")
-    if path.stat().st_size == 0:
-        raise PictureError("file is empty")
-    try:
-        with open(path, "rb") as file:
-            return picture_from(file)
-    except PermissionError:
-        raise PictureError("permission denied") from None
-    except OSError as error:  # a disk or network share failing under the file
-        raise PictureError(f"cannot read the file ({error.strerror or error})") from None
-
-
-def decode_picture(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> np.ndarray:
-    """Grey levels in [0, 1], at most WORK_SIZE pixels a side (see picture_from)."""
-    return picture_from(file, max_pixels).grey
-
-
-def picture_from(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> Picture:
-    """The picture in `file`, at most WORK_SIZE pixels a side, as grey levels in [0, 1]; one that
-    would decode to more than `max_pixels` pixels is refused (a JPEG is decoded at a reduced size,
-    and counted at it).
-
-    Only PICTURE_FORMATS are opened. See-through parts are laid over the colour the marks stand
-    out from: black under light strokes, white under dark ones, so a drawing exported from a
-    canvas reads either way. Whatever goes wrong in decoding is this picture's PictureError: a
-    damaged file can make Pillow raise nearly anything (struct.error, IndexError, ...).
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # Pillow's own guard only warns; the limit below is said in words
-    try:
-        with Image.open(file, formats=PICTURE_FORMATS) as picture:
-            width, height = picture.size
-            picture.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size already
-            if picture.width * picture.height > max_pixels:
-                raise PictureError(f"too large to read safely ({width}x{height} pixels; "
-                                   f"at most {max_pixels // 10**6} megapixels)")
-            picture.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS)
-            if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # photos: upright as the camera meant,
-                picture = ImageOps.exif_transpose(picture)  # turned once shrunk: no full-size copy
-            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-                grey = over_contrasting_background(picture.convert("RGBA"))
-            else:
-                grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255
-            return Picture(grey, max(width, height) / max(grey.shape))
-    except PictureError:
-        raise
-    except UnidentifiedImageError:
-        raise PictureError(NOT_A_PICTURE_FORMAT) from None
-    except Exception as error:  # a broken file, whichever part of Pillow finds it broken
-        raise PictureError(f"unreadable image ({str(error) or type(error).__name__})") from None
-
-
-def over_contrasting_background(rgba) -> np.ndarray:
-    """Grey levels of a picture with transparency, laid over black or white, whichever the marks are not."""
-    alpha = np.asarray(rgba.getchannel("A"), np.float32) / 255
-    grey = np.asarray(rgba.convert("L"), np.float32) / 255
-    marks = alpha > 0.5
-    light_marks = marks.any() and grey[marks].mean() > 0.5
-    return grey * alpha + (0.0 if light_marks else 1.0) * (1 - alpha)
-
-
-def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
-    """The 28x28 input the model needs, made from a picture of one digit as MNIST's were made.
-
-    MNIST's digits are pen strokes scanned in black and white, scaled to fit 20x20 with their
-    aspect ratio kept (which anti-aliases them) and centred by centre of mass in 28x28. So the
-    picture's ink is found and thresholded, ruled lines, specks and a box drawn around the
-    digit are left out, the pen's width is brought within MNIST's, and then MNIST's own steps
-    follow. Sizes in the notes are in the user's pixels, `scale` of them to each pixel of `grey`.
-    """
-    ink, between, enlarged = ink_map(grey)
-    strokes, between_paper, strength = ink_strokes(ink, between)
-    marks, several = digit_marks(without_shadow_edges(without_frames(without_ruled_lines(strokes)), between_paper),
-                                 SMALL_DIGIT * enlarged)
-    notes = []
-    if several:
-        notes.append("several marks: used the largest")
-    height = marks.shape[0] / enlarged  # in the pixels read, which a large picture has fewer of than the user's
-    if height * scale < SMALL_DIGIT:
-        notes.append(f"the digit is only {round(height * scale)} pixels tall")
-    elif height < SMALL_DIGIT:
-        notes.append(f"the digit is small for so large a picture ({round(height * scale)} pixels tall): "
-                     "crop closer to it")
-    if marks.sum() * (scale / enlarged) ** 2 < LITTLE_INK:
-        notes.append("almost no ink")
-    if strength < FAINT_CONTRAST:
-        notes.append("very faint")
-    digit = fit_in_box(with_mnist_strokes(marks), DIGIT_BOX)
-    return Reading(centre_by_mass(digit, FIELD), notes)
-
-
-def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """How much ink each pixel holds, 0 (paper) to 1, whatever the polarity, lighting and pencil.
-
-    The first map measures it against the brightest paper near the pixel, the second against the
-    paper on both sides of it (see paper_on_both_sides): a stroke is darker than both, the edge of
-    a shadow only than the lit side. A tiny picture is enlarged first, so that its strokes are
-    several pixels wide; the third value says by how much.
-    """
-    from PIL import Image
-    from scipy import ndimage
-
-    factor = 1
-    if max(grey.shape) < 100:
-        factor = -(-100 // max(grey.shape))
-        grey = np.kron(grey, np.ones((factor, factor), np.float32))
-    grey = on_the_page(grey)
-    # The paper's brightness around each pixel: the brightest value in a window wider than a
-    # stroke, taken on a small copy. Dividing by it evens out shadows and uneven lighting.
-    height, width = grey.shape
-    scale = 48 / max(height, width)
-    small = Image.fromarray(np.uint8(grey * 255)).resize(
-        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    small = np.asarray(small)
-    # Inside a stroke wider than the window (a marker, a blurred scan) the brightest value is ink:
-    # the paper is never taken to be darker than this share of the page's own brightness.
-    darkest = np.uint8(DARKEST_PAPER * np.percentile(small, 95))
-
-    def ink_against(paper: np.ndarray) -> np.ndarray:
-        paper = Image.fromarray(np.maximum(paper, darkest)).resize((width, height), Image.Resampling.BILINEAR)
-        return np.clip(1 - grey / np.maximum(np.asarray(paper, np.float32) / 255, 1e-3), 0, 1)
-
-    brightest = ndimage.maximum_filter(small, size=9, mode="nearest")
-    return ink_against(brightest), ink_against(paper_on_both_sides(small, PAPER_REACH)), factor
-
-
-def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
-    """The paper's brightness beside each pixel as a stroke has it: the brightest value within `reach`
-    pixels on each side, the darker of the two sides, along a row or down a column, whichever is brighter.
-
-    A stroke has paper on both sides of it in some direction; a pixel just inside a shadow has the
-    lit paper on one side only, and the shadow on the other. Beyond the picture's edge lies its
-    mirror image, so that a stroke along the edge of a tight crop still has paper beyond it.
-    """
-    from scipy import ndimage
-
-    def brightest(axis: int, side: int) -> np.ndarray:
-        return ndimage.maximum_filter1d(small, size=reach + 1, axis=axis, mode="reflect", origin=side * (reach // 2))
-
-    along_rows, down_columns = (np.minimum(brightest(axis, 1), brightest(axis, -1)) for axis in (1, 0))
-    return np.maximum(along_rows, down_columns)
-
-
-def on_the_page(grey: np.ndarray) -> np.ndarray:
-    """The picture as dark ink on light paper, with whatever lies around the page (a desk) painted paper.
-
-    A page lying on something far darker is light (see page_on_desk); otherwise the picture's
-    border is paper (a digit cropped close, a blackboard).
-    """
-    from PIL import Image
-
-    height, width = grey.shape
-    scale = PAGE_VIEW / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = np.asarray(Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX), np.float32)
-    page = page_on_desk(small)
-    if page is None:  # light ink on dark paper is turned over: a border dark, and on the dark side of the split
-        border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-        return 1 - grey if np.median(border) < min(0.5, otsu_threshold(small)) else grey
-    paper = float(np.median(small[page]))
-    inside = np.asarray(Image.fromarray(page.astype(np.float32), "F").resize(
-        (width, height), Image.Resampling.BILINEAR)) > 0.5
-    return np.where(inside, grey, paper).astype(np.float32)
-
-
-def page_on_desk(small: np.ndarray) -> np.ndarray | None:
-    """Where the page is, less its edge, if the picture shows a page lying on something far darker; else None.
-
-    The page is the largest light region (the picture split into light and dark, Otsu's way)
-    with the ink on it: a roomy rectangle, mostly paper, meeting less than half of the picture's border,
-    while one region less than half as bright (not a shadow) meets more. A chalk digit on a
-    blackboard is light and surrounded too, but is mostly the board between its strokes.
-    """
-    from scipy import ndimage
-
-    light = small > otsu_threshold(small)
-    labels, count = ndimage.label(light)
-    if count == 0:
-        return None
-    largest = labels == np.bincount(labels.ravel())[1:].argmax() + 1
-    around, _ = ndimage.label(~light & (small < FAR_DARKER * np.median(small[largest])))
-    edge, around_edge = (np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]) for a in (largest, around))
-    if edge.mean() >= 0.5 or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
-        return None
-    page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
-    rows, columns = np.nonzero(page)
-    room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1
-    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < PAGE_PAPER * page.sum()
-            or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1):
-        return None
-    page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
-    return page if page.any() else None
-
-
-def convex_hull(mask: np.ndarray) -> np.ndarray:
-    """The smallest convex region holding the mask's pixels (the mask itself if they lie on a line)."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    points = np.argwhere(mask)
-    try:
-        hull = ConvexHull(points)
-    except QhullError:
-        return mask
-    grid = np.indices(mask.shape).reshape(2, -1).T
-    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
-    return inside.reshape(mask.shape)
-
-
-def rectangle_share(mask: np.ndarray) -> float:
-    """How much of the smallest rectangle around the mask, turned any way (in 3-degree steps), it fills."""
-    points = np.stack(np.nonzero(mask)).astype(np.float32)
-    angles = np.radians(np.arange(0, 90, 3))
-    turns = np.stack([np.stack([np.cos(angles), -np.sin(angles)], 1), np.stack([np.sin(angles), np.cos(angles)], 1)], 1)
-    along = turns @ points  # each angle: the points in axes turned by it
-    return points.shape[1] / float(np.min(np.prod(np.ptp(along, axis=2) + 1, axis=1)))
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """The grey level that splits the values into two classes as different as can be (Otsu, 1979)."""
-    counts, edges = np.histogram(values, bins=64, range=(0, 1))
-    below = np.cumsum(counts)[:-1]  # how many values lie below each candidate threshold ...
-    below_sum = np.cumsum(counts * edges[:-1])[:-1]  # ... and their sum
-    total, total_sum = counts.sum(), float((counts * edges[:-1]).sum())
-    between = (total_sum * below - below_sum * total) ** 2 / np.maximum(below * (total - below), 1)
-    return float(edges[1 + between.argmax()])
-
-
-def ink_strokes(ink: np.ndarray, between: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The pixels that are pen strokes, those of them that stand out as much against the paper on
-    both sides of them (`between`, see ink_map), and how strongly the strokes stand out from the paper (0-1).
-
-    A pixel is a stroke where it holds at least half the strokes' full ink: the width at half
-    strength is a stroke's true width, and paler marks (ruled lines, paper texture, noise) drop out.
-    The paper is what is left of the picture without what clearly stands out (a bold digit may fill
-    most of it); its noise is measured, so that a blank page is not read as strokes however the
-    light falls.
-    """
-    sample, beside = ink[::2, ::2], between[::2, ::2]  # a quarter of the pixels tell the paper's grey as well
-    if (sample > MIN_INK_CONTRAST).mean() > BOLD_INK_SHARE:  # the ink would skew the paper's grey and noise
-        papery = sample <= MIN_INK_CONTRAST
-        sample, beside = sample[papery], beside[papery]
-    paper = float(np.median(sample))
-    noise = 1.4826 * float(np.median(np.abs(sample - paper)))  # the spread of the paper's grey, robustly
-    standing_out = ink > paper + max(MIN_INK_CONTRAST, NOISE_LEVELS * noise)
-    if standing_out.sum() < MIN_INK_PIXELS:
-        raise PictureError(BLANK_PICTURE)
-    strength = float(np.percentile(ink[standing_out], 90)) - paper
-    above = max(strength / 2, NOISE_LEVELS * noise)  # above the paper's own level in each map
-    return ink > paper + above, between > float(np.median(beside)) + above, strength
-
-
-def without_shadow_edges(strokes: np.ndarray, between_paper: np.ndarray) -> np.ndarray:
-    """The strokes less what is darker than the paper on one side only: the edge of a shadow.
-
-    Taken off after the ruled lines, which are found whole in `strokes`, however faint in parts.
-    """
-    kept = strokes & between_paper
-    if kept.sum() < MIN_INK_PIXELS:
-        raise PictureError(BLANK_PICTURE)
-    return kept
-
-
-def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
-    """The strokes less ruled lines: thin straight lines across most of the picture that repeat at a
-    spacing (ruled or squared paper) or run well past the rest of the ink on both sides (a margin).
-
-    Where the digit touches or crosses a line, the ink there is taller than the line and is kept.
-    A single line that does neither is part of the digit (a 7's bar in a picture cropped to it), and
-    so is a lone stroke that is all the ink, unless it lies flat (a 1 is never drawn lying down).
-    A page with nothing but ruled lines on it is blank.
-    """
-    across = ruled_lines(strokes, lone_is_ruled=True)
-    margin = line_count(across) >= MARGIN_CROSSES  # a line down a page ruled across is its margin
-    lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=margin).T
-    kept = strokes & ~lines
-    if kept.sum() < MIN_INK_PIXELS:  # what the lines leave is specks, not a digit
-        raise PictureError(BLANK_PICTURE)
-    return kept
-
-
-def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
-    """The pixels of the nearly horizontal ruled lines (see without_ruled_lines); a single line
-    that is all the ink counts if `lone_is_ruled` and it lies flat."""
-    lines = thin_long_lines(strokes)
-    if line_count(lines) != 1:
-        return lines
-    rows = np.flatnonzero(lines.any(axis=1))
-    ends = np.flatnonzero(lines.any(axis=0))
-    length = ends[-1] - ends[0] + 1
-    rest = np.flatnonzero((strokes & ~lines).any(axis=0))
-    if not len(rest):
-        flat = rows[-1] - rows[0] + 1 <= LONE_LINE_SLOPE * length
-        return lines if lone_is_ruled and flat else np.zeros_like(lines)
-    past = RULED_PAST * length
-    beyond = ends[0] + past <= np.percentile(rest, 2) and np.percentile(rest, 98) + past <= ends[-1]
-    return lines if beyond else np.zeros_like(lines)
-
-
-def line_count(lines: np.ndarray) -> int:
-    """How many nearly horizontal lines the mask holds: they lie in rows of their own."""
-    rows = np.flatnonzero(lines.any(axis=1))
-    return len(rows) and 1 + int((np.diff(rows) > 1).sum())
-
-
-def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
-    """The pixels of thin, nearly horizontal lines that run across most of the picture's width."""
-    height, width = strokes.shape
-    runs = vertical_run_lengths(strokes)
-    thin = strokes & (runs <= RULED_LINE_THICKNESS * max(height, width))  # not the lines across them (squared paper)
-    pool = max(1, width // 64)  # columns per step: a line may climb one row per step
-    columns = width // pool
-    pooled = thin[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
-    if bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE:  # no line can cross this few columns
-        return np.zeros_like(strokes)
-    pooled = bridged(pooled, RULED_LINE_GAP)
-    ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
-    on_line = (ahead + behind - 1 >= RULED_LINE * columns)
-    line = thin & expand_columns(on_line, pool, width)
-    if not line.any():
-        return line
-    thickness = np.median(runs[line])
-    return line & (runs <= 1.5 * thickness + 1)
-
-
-def bridged(mask: np.ndarray, gap: int) -> np.ndarray:
-    """The mask with, row by row, every gap of up to `gap` columns between ink filled in."""
-    columns = np.arange(mask.shape[1])
-    before = np.maximum.accumulate(np.where(mask, columns, -gap - 2), axis=1)  # the last ink up to each column
-    after = np.minimum.accumulate(np.where(mask, columns, mask.shape[1] + gap + 1)[:, ::-1], axis=1)[:, ::-1]
-    return mask | (after - before - 1 <= gap)  # ... and the next: the gap between them
-
-
-def expand_columns(pooled: np.ndarray, pool: int, width: int) -> np.ndarray:
-    """Undo the pooling of columns: each pooled column stands for `pool` columns (the last for the rest)."""
-    wide = np.repeat(pooled, pool, axis=1)
-    return np.pad(wide, ((0, 0), (0, width - wide.shape[1])), mode="edge")
-
-
-def path_lengths(mask: np.ndarray) -> np.ndarray:
-    """For each pixel, the longest run of ink ending there, moving one column right and at most one row each step."""
-    lengths = np.zeros(mask.shape, np.int32)
-    previous = np.zeros(mask.shape[0], np.int32)
-    for column in range(mask.shape[1]):
-        best = previous.copy()
-        best[1:] = np.maximum(best[1:], previous[:-1])
-        best[:-1] = np.maximum(best[:-1], previous[1:])
-        previous = np.where(mask[:, column], best + 1, 0)
-        lengths[:, column] = previous
-    return lengths
-
-
-def vertical_run_lengths(mask: np.ndarray) -> np.ndarray:
-    """For each ink pixel, the height of the unbroken run of ink in its column."""
-    from scipy import ndimage
-
-    runs, _ = ndimage.label(mask, structure=[[0, 1, 0], [0, 1, 0], [0, 1, 0]])
-    sizes = np.bincount(runs.ravel())
-    sizes[0] = 0
-    return sizes[runs]
-
-
-def without_frames(strokes: np.ndarray) -> np.ndarray:
-    """The strokes less any box drawn around the digit: a mark whose ink runs along all four edges of its bounds.
-
-    The box's edges are taken off; what it held, even where it touched the box, stays.
-    """
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(strokes, structure=np.ones((3, 3)))
-    kept = strokes.copy()
-    for number, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
-        mark = labels[rows, columns] == number
-        band = max(2, round(FRAME_BAND * min(mark.shape)))
-        if min(mark.shape) < 4 * band:
-            continue
-        edges = (mark[:band].any(axis=0), mark[-band:].any(axis=0),
-                 mark[:, :band].any(axis=1), mark[:, -band:].any(axis=1))
-        if all(edge.mean() >= FRAME_EDGE_SHARE for edge in edges):
-            ring = np.ones(mark.shape, bool)
-            ring[band:-band, band:-band] = False
-            kept[rows, columns] &= ~(mark & ring)
-    return kept if kept.any() else strokes
-
-
-def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
-    """The marks that form the digit, cropped to them, and whether other digit-sized marks were left out.
-
-    Marks close together (the parts of a broken pen stroke, a 5's flag) form one group; specks
-    are left out; of several groups, the largest is the digit. If it is smaller than `small`
-    pixels and several others are nearly as large, they are all grain (a noisy blank page).
-    """
-    from scipy import ndimage
-
-    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
-    areas = np.bincount(labels.ravel())[1:]
-    boxes = ndimage.find_objects(labels)
-    marks = [i for i in np.argsort(-areas)[:MAX_MARKS] if areas[i] >= SPECK * areas.max()]
-    groups = group_marks(marks, boxes)
-    size = {id(group): sum(areas[i] for i in group) for group in groups}
-    groups.sort(key=lambda group: -size[id(group)])
-    chosen = groups[0]
-    top, bottom, left, right = bounds([boxes[i] for i in chosen])
-    height = bottom - top
-    several = any(size[id(group)] >= SEVERAL_MARKS * size[id(chosen)]
-                  and bounds([boxes[i] for i in group])[1] - bounds([boxes[i] for i in group])[0] >= height / 2
-                  for group in groups[1:])
-    if max(height, right - left) < small and sum(size[id(g)] >= size[id(chosen)] / 2 for g in groups[1:]) >= GRAIN:
-        raise PictureError(BLANK_PICTURE)
-    crop = np.isin(labels[top:bottom, left:right], [i + 1 for i in chosen])
-    return crop, several
-
-
-def bounds(boxes: list[tuple[slice, slice]]) -> tuple[int, int, int, int]:
-    """Top, bottom, left and right of the box around all these boxes."""
-    return (min(b[0].start for b in boxes), max(b[0].stop for b in boxes),
-            min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
-
-
-def group_marks(marks: list[int], boxes) -> list[list[int]]:
-    """Marks close enough to be parts of one digit, as groups (single linkage)."""
-    groups = [[mark] for mark in marks]
-    merged = True
-    while merged:
-        merged = False
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                if any(close(boxes[i], boxes[j]) for i in groups[a] for j in groups[b]):
-                    groups[a] += groups.pop(b)
-                    merged = True
-                    break
-            if merged:
-                break
-    return groups
-
-
-def close(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
-    """Whether two marks belong to one digit: nearly touching, or one above the other."""
-    gap_rows = max(a[0].start, b[0].start) - min(a[0].stop, b[0].stop)
-    gap_columns = max(a[1].start, b[1].start) - min(a[1].stop, b[1].stop)
-    size = max(a[0].stop - a[0].start, b[0].stop - b[0].start, a[1].stop - a[1].start, b[1].stop - b[1].start)
-    narrower = min(a[1].stop - a[1].start, b[1].stop - b[1].start)
-    touching = max(gap_rows, gap_columns) <= max(2, MARK_GAP * size)
-    stacked = -gap_columns >= narrower / 2 and gap_rows <= STACKED_GAP * size
-    return touching or stacked
-
-
-def stroke_width(mask: np.ndarray) -> float:
-    """The strokes' mean width in pixels: their area over half the length of their outline."""
-    padded = np.pad(mask, 1)
-    outline = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
-    return 2 * mask.sum() / max(outline, 1)
-
-
-def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
-    """The digit's marks with the pen's width brought within MNIST's, at STROKE_FRAME pixels or more.
-
-    A ballpoint's line is far thinner, relative to the digit, than the strokes MNIST was
-    written with, and a marker's far bolder; the model only knows MNIST's.
-    """
-    from PIL import Image
-    from scipy import ndimage
-
-    height, width = marks.shape
-    scale = STROKE_FRAME / max(height, width)
-    if scale > 1:  # a small digit: enlarge it, so that the width can be set finely
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        marks = np.asarray(Image.fromarray(marks.astype(np.float32), "F").resize(
-            size, Image.Resampling.BILINEAR)) > 0.5
-    low, high = MNIST_STROKE
-    if width_in_box(marks) < low:  # thicken: keep every pixel within some distance of the ink
-        reach = max(marks.shape) * low / DIGIT_BOX  # more than the widest pen MNIST's range needs
-        distance = ndimage.distance_transform_edt(~np.pad(marks, int(reach) + 2))
-        marks = distance <= smallest(lambda r: width_in_box(distance <= r) >= low, reach)
-    elif width_in_box(marks) > high:  # thin: keep only the pixels deeper inside the ink than some distance
-        depth = ndimage.distance_transform_edt(np.pad(marks, 1))
-        thinner = depth > smallest(lambda r: width_in_box(depth > r) <= high, depth.max())
-        marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
-    rows, columns = np.nonzero(marks)
-    return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)
-
-
-def width_in_box(marks: np.ndarray) -> float:
-    """The strokes' width once the marks are scaled to fit the 20x20 box (0 if there are none)."""
-    rows, columns = np.flatnonzero(marks.any(axis=1)), np.flatnonzero(marks.any(axis=0))
-    if not len(rows):
-        return 0.0
-    return stroke_width(marks) * DIGIT_BOX / max(rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1)
-
-
-def smallest(holds: Callable[[float], bool], upper: float) -> float:
-    """The smallest value in [0, upper] for which `holds` is true, which it stays above it (bisection)."""
-    low, high = 0.0, upper
-    for _ in range(STROKE_STEPS):
-        middle = (low + high) / 2
-        low, high = (low, middle) if holds(middle) else (middle, high)
-    return high
-
-
-def fit_in_box(digit: np.ndarray, box: int) -> np.ndarray:
-    """Scale so that the longer side is `box` pixels, keeping the aspect ratio, anti-aliased."""
-    from PIL import Image
-
-    height, width = digit.shape
-    scale = box / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = Image.fromarray(digit.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
-    return np.clip(np.asarray(small, np.float32), 0, 1)
-
-
-def centre_by_mass(digit: np.ndarray, field: int) -> np.ndarray:
-    """Place `digit` in a field x field square so that its centre of mass is the centre."""
-    height, width = digit.shape
-    rows, columns = np.indices(digit.shape)
-    mass = digit.sum()
-    centre_row, centre_column = (rows * digit).sum() / mass, (columns * digit).sum() / mass
-    top = int(np.clip(round(field / 2 - centre_row), 0, field - height))
-    left = int(np.clip(round(field / 2 - centre_column), 0, field - width))
-    placed = np.zeros((field, field), np.float32)
-    placed[top:top + height, left:left + width] = digit
-    return placed
-
-
-def load_trained_model(path: Path):
-    import h5py
-    import keras
-
-    if path.suffix == ".keras" and h5py.is_hdf5(path):
-        raise DataError(f"{path}: an HDF5 model (Keras's .h5 format) named .keras; rename it to end in .h5")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # h5py, Keras and zip all raise their own kinds
-        raise DataError(f"{path}: not a readable Keras model ({error})") from None
-    if model.input_shape != (None, *IMAGE_SHAPE) or model.output_shape != (None, NUM_CLASSES):
-        raise DataError(f"{path}: this model takes {model.input_shape} and gives {model.output_shape}; "
-                        "expected 28x28 images in and 10 digit probabilities out")
-    return model
-
-
-def chosen_model(args: argparse.Namespace) -> Path:
-    """The model file --predict and --serve use, checked before seconds are spent starting TensorFlow."""
-    if args.model is None and not (args.output_dir / MODEL_FILE).exists():
-        raise DataError(f"no {MODEL_FILE} in {args.output_dir.resolve()}: train one first with: "
-                        "python train.py, or name one with --model PATH")
-    path = args.model or args.output_dir / MODEL_FILE
-    check_model_file(path)
-    return path
-
-
-def check_model_file(path: Path) -> None:
-    """Say what is wrong with the model file, if anything: in words of our own, not Keras's
-    paragraph about its formats."""
-    import h5py
-
-    if path.is_dir():
-        raise DataError(f"{path}: a folder, not a model file")
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file; train one first with: python train.py")
-    try:
-        keras_format = h5py.is_hdf5(path) or zipfile.is_zipfile(path)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the model file ({error.strerror or error})") from None
-    if not keras_format:
-        raise DataError(f"{path}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)")
-
-
-class Recognizer:
-    """A trained model and its confidence calibration: the answers --predict and --serve give.
-
-    One instance serves every request thread of --serve. The model is called by one thread at a
-    time, and a call costs about the same for one input as for dozens, so the thread that calls
-    it takes every input waiting at that moment along (answer): under load, one call answers
-    many requests.
-    """
-
-    def __init__(self, model_path: Path) -> None:
-        self.model_path = model_path
-        self.model = load_trained_model(model_path)
-        self.temperature = model_temperature(model_path)
-        if self.temperature is None:
-            warn(f"{model_path} holds no confidence calibration (it was not trained by this script): "
-                 "the confidence printed is the model's own, often too sure")
-        self.model_lock = threading.Lock()
-        self.waiting_lock = threading.Lock()
-        self.waiting: list[dict] = []
-
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        """The calibrated probabilities of the ten digits, one row per 28x28 input."""
-        with self.model_lock:
-            return self.classified(images)
-
-    def answer(self, image: np.ndarray) -> np.ndarray:
-        """The calibrated probabilities for one input, computed together with any others waiting."""
-        request = {"image": image}
-        with self.waiting_lock:
-            self.waiting.append(request)
-        with self.model_lock:
-            if "row" not in request and "error" not in request:  # nobody has taken it along yet: take everything waiting
-                with self.waiting_lock:
-                    batch, self.waiting = self.waiting, []
-                self.answer_together(batch)
-        if "error" in request:
-            raise request["error"]
-        return request["row"]
-
-    def answer_together(self, batch: list[dict]) -> None:
-        """Each waiting request's row, in one call; if that call fails, each input alone, so that only
-        the inputs that fail get the error."""
-        try:
-            rows = self.classified([waiting["image"] for waiting in batch])
-        except Exception as error:
-            if len(batch) == 1:
-                batch[0]["error"] = error
-                return
-            for waiting in batch:
-                self.answer_together([waiting])
-            return
-        for waiting, row in zip(batch, rows):
-            waiting["row"] = row
-
-    def classified(self, images: list[np.ndarray]) -> np.ndarray:
-        """The model's call itself: only with model_lock held."""
-        return calibrated(self.model.predict_on_batch(np.stack(images)), self.temperature or 1.0)
-
-
-def model_temperature(path: Path) -> float | None:
-    """The confidence calibration saved with the model by training; None for a model from elsewhere."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as file:
-            value = file.attrs.get(TEMPERATURE_ATTRIBUTE)
-    except OSError:  # not HDF5 (a .keras file): no calibration to read
-        return None
-    return None if value is None else float(value)
-
-
-def pictures_in(paths: list[Path]) -> list[Path]:
-    """The pictures to classify: the files named, and the pictures in the folders named, sorted.
-
-    What a folder holds that is not a picture (a folder inside it, too) is skipped with a note;
-    hidden files silently.
-    """
-    from PIL import Image
-
-    known = {extension.lower(): kind for extension, kind in Image.registered_extensions().items()}
-    kinds = {extension for extension, kind in known.items() if kind in PICTURE_FORMATS}
-    pictures = []
-    for path in paths:
-        if not path.is_dir():
-            pictures.append(path)
-            continue
-        found = [entry for entry in sorted(path.iterdir()) if not entry.name.startswith(".")]
-        for entry in found:
-            if entry.is_file() and entry.suffix.lower() in kinds:
-                pictures.append(entry)
-            elif entry.is_dir():
-                print(f"{entry}: skipped: a folder (only the pictures directly in {path} are read)", file=sys.stderr)
-            else:
-                why = NOT_A_PICTURE_FORMAT if entry.suffix.lower() in known else "not a picture"
-                print(f"{entry}: skipped: {why}", file=sys.stderr)
-        if not any(entry.is_file() and entry.suffix.lower() in kinds for entry in found):
-            pictures.append(path)  # reported as an error: a folder with no pictures
-    return pictures
-
-
-def save_preprocessed(reading: Reading, path: Path, folder: Path, used: set[str]) -> None:
-    """The 28x28 input the model saw for the picture `path`, as DIR/<its name>.png (-2, -3, ... for a
-    name already used in this run)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    name, copy = f"{path.stem}.png", 1
-    while name in used:
-        copy += 1
-        name = f"{path.stem}-{copy}.png"
-    used.add(name)
-    Image.fromarray(np.uint8(np.round(reading.image * 255))).save(folder / name)
-
-
-def answer_line(path: Path, row: np.ndarray, notes: list[str]) -> str:
-    return f"{path}: {row.argmax()} ({'; '.join([f'{100 * row.max():.1f}%', *notes])})"
-
-
-def answer_json(path: Path, row: np.ndarray | None, notes: list[str], error: str | None = None) -> str:
-    if error is not None:
-        return json.dumps({"path": str(path), "error": error})
-    return json.dumps({"path": str(path), "digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
-                       "probabilities": [round(float(p), 4) for p in row], "notes": notes})
-
-
-def predict(args: argparse.Namespace) -> int:
-    """Classify each picture in order, saying each answer as soon as it is known (so a long folder
-    shows its progress, and an interrupted one keeps what it said); 1 if any picture could not be read.
-
-    TensorFlow starts with the first picture that holds a digit: a batch of bad files is told at once.
-    """
-    model_path = chosen_model(args)
-    recognizer, failed, saved_names = None, False, set()
-    for path in pictures_in(args.predict):
-        try:
-            reading = read_digit(*open_picture(path))
-        except PictureError as error:
-            failed = True
-            if args.format == "json":
-                print(answer_json(path, None, [], str(error)))
-            else:
-                print(f"{path}: error: {error}", file=sys.stderr)
-            continue
-        if recognizer is None:
-            start_tensorflow(SEED)
-            recognizer = Recognizer(model_path)
-        [row] = recognizer.probabilities([reading.image])
-        print(answer_json(path, row, reading.notes) if args.format == "json" else answer_line(path, row, reading.notes))
-        if args.save_preprocessed is not None:
-            with writing_to(args.save_preprocessed):
-                save_preprocessed(reading, path, args.save_preprocessed, saved_names)
-    return EXIT_ERROR if failed else 0
-
-
-# -----------------------------------------------------------------------------
-# Drawing digits in the browser (--serve): the page and one API, on the same model
-# -----------------------------------------------------------------------------
-class ServeError(Exception):
-    """The server could not start; the message says why and what to do."""
-
-
-def page_with_policy(model_path: Path) -> tuple[bytes, str]:
-    """draw.html, with the model named in it, and a Content-Security-Policy that allows only its
-    own inline script and style (by their hashes) and requests to this server."""
-    import base64
-    import hashlib
-    import html
-
-    path = Path(__file__).with_name(PAGE_FILE)
-    try:
-        page = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ServeError(f"{path}: cannot read the drawing page ({error.strerror})") from None
-    metrics = model_path.with_name(METRICS_FILE)
-    about = model_path.name
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        about += f" ({100 * json.loads(metrics.read_text())['test_accuracy']:.2f}% right on MNIST's test set)"
-    page = page.replace("<!--model-->", html.escape(about))
-    hashes = {kind: " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
-                             for block in re.findall(rf"<{kind}>(.*?)</{kind}>", page, re.S))
-              for kind in ("script", "style")}
-    policy = (f"default-src 'none'; script-src {hashes['script']}; style-src {hashes['style']}; "
-              "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-              "frame-ancestors 'none'")
-    return page.encode(), policy
-
-
-def answer_for_page(recognizer: Recognizer, body: bytes, kind: str, readers: threading.BoundedSemaphore) -> dict:
-    """What POST /predict answers: the digit, its calibrated confidence, the ten probabilities,
-    the 28x28 input the model saw, and the notes, exactly as --predict reads the same picture.
-    `kind` is the request's Content-Type: a form upload (multipart/form-data) holds the picture."""
-    import io
-
-    if kind.lower().startswith("multipart/form-data"):
-        body = uploaded_file(body, kind)
-    if not body:
-        raise PictureError("file is empty")  # as --predict says it
-    with readers:  # a few pictures at a time, each of a bounded size: a burst of huge photos cannot exhaust memory
-        reading = read_digit(*picture_from(io.BytesIO(body), SERVE_MAX_PIXELS))
-    row = recognizer.answer(reading.image)
-    return {"digit": int(row.argmax()), "confidence": round(float(row.max()), 4),
-            "probabilities": [round(float(p), 4) for p in row],
-            "input": np.round(reading.image.astype(np.float64), 3).tolist(),
-            "notes": reading.notes}
-
-
-def uploaded_file(body: bytes, kind: str) -> bytes:
-    """The one file of a form upload (`curl -F file=@seven.png`), from the multipart body."""
-    import email.message
-    import email.parser
-
-    header = email.message.Message()
-    header["Content-Type"] = kind
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise PictureError("a form upload without its boundary")
-    delimiter = b"\r\n--" + boundary.encode("latin-1")
-    files = []
-    start = 0 if body.startswith(delimiter[2:]) else body.find(delimiter)  # where "--boundary" starts
-    start += 2 if start > 0 else 0
-    while start >= 0:
-        head_start = body.find(b"\r\n", start + len(delimiter) - 2) + 2
-        head_end = body.find(b"\r\n\r\n", head_start)
-        end = body.find(delimiter, head_end)
-        if head_start < 2 or head_end < 0 or end < 0:
-            break
-        part = email.parser.BytesHeaderParser().parsebytes(body[head_start:head_end + 4])
-        if part.get_param("filename", header="Content-Disposition") is not None:
-            files.append((head_end + 4, end))
-        start = end + 2
-    if len(files) != 1:
-        raise PictureError(f"a form upload must hold one file; this one holds {len(files)}")
-    return body[files[0][0]:files[0][1]]
-
-
-class Refused(Exception):
-    """A request answered with an error before its body is read: the HTTP status and the reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def body_length(headers) -> int:
-    """The length of the picture a request declares, checked before anything is read."""
-    values = headers.get_all("Content-Length") or []
-    if not values or headers.get("Transfer-Encoding"):
-        raise Refused(411, "send the picture with a Content-Length")
-    text = values[0].strip()
-    if len(set(values)) > 1:
-        raise Refused(400, "two different Content-Lengths")
-    if re.fullmatch(r"-[0-9]+", text):
-        raise Refused(400, f"Content-Length is negative ({text[:20]})")
-    if not re.fullmatch(r"[0-9]+", text):
-        raise Refused(400, f"Content-Length must be a number of bytes, not {text[:20]!r}")
-    if len(text) > 20:
-        raise Refused(413, f"picture too large: a Content-Length of {len(text):,} digits; "
-                           f"at most {SERVE_MAX_BYTES // 2**20} MiB")
-    if int(text) > SERVE_MAX_BYTES:
-        raise Refused(413, f"picture too large: {int(text):,} bytes; at most {SERVE_MAX_BYTES // 2**20} MiB")
-    return int(text)
-
-
-def unread_length(headers) -> int | None:
-    """How much body a request still has to send, if that can be told (for draining it)."""
-    if headers is None:
-        return None
-    text = (headers.get("Content-Length") or "").strip()
-    if re.fullmatch(r"[0-9]{1,20}", text):
-        return int(text)
-    return None if text or headers.get("Transfer-Encoding") else 0
-
-
-class ByteBudget:
-    """The bytes of pictures a process holds at once: a request waits until its picture fits."""
-
-    def __init__(self, total: int) -> None:
-        self.free = total
-        self.changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def held(self, count: int, deadline: float) -> Iterator[bool]:
-        """True once `count` bytes are set aside for the request; False if they were not free by `deadline`."""
-        with self.changed:
-            fits = self.changed.wait_for(lambda: self.free >= count, timeout=deadline - time.monotonic())
-            if fits:
-                self.free -= count
-        try:
-            yield fits
-        finally:
-            if fits:
-                with self.changed:
-                    self.free += count
-                    self.changed.notify_all()
-
-
-def served_names(host: str) -> frozenset[str]:
-    """The host names the server answers to (besides addresses): a page under any other name is
-    refused, so that a page elsewhere cannot reach it by renaming itself (DNS rebinding)."""
-    import socket
-
-    names = {"localhost", host.lower().strip("[]")}  # as given to --host: an address or a name
-    if is_wildcard(host):
-        with contextlib.suppress(OSError):
-            names |= {socket.gethostname().lower(), f"{socket.gethostname().lower()}.local",
-                      socket.getfqdn().lower()}
-    return frozenset(names)
-
-
-def is_wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::", "")
-
-
-def foreign_request(headers, names: frozenset[str], local_address: str) -> str | None:
-    """Why a request comes from a page elsewhere, if it does: a Host the server is not known by,
-    or another page's Origin."""
-    import ipaddress
-
-    host = headers.get("Host")
-    if host is not None:
-        name = host.lower()
-        name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
-            known = name in names
-        else:
-            here = ipaddress.ip_address(local_address.split("%")[0])
-            here = getattr(here, "ipv4_mapped", None) or here
-            known = address == here or address.is_loopback and here.is_loopback
-        if not known:
-            return f"this server is not known as {host!r}: open it at the address it printed"
-    origin = headers.get("Origin")
-    if origin is not None and (host is None or origin.lower() != f"http://{host.lower()}"):
-        return f"requests from other pages ({origin[:100]}) are refused"
-    return None
-
-
-def make_handler(recognizer: Recognizer, page: bytes, policy: str, quiet: bool, names: frozenset[str],
-                 deadline: float = SERVE_DEADLINE_SECONDS, body_bytes: int = SERVE_BODY_BYTES):
-    """The request handler class: every request has `deadline` seconds from its first byte to its
-    answer, and the pictures held at once take at most `body_bytes`."""
-    import http.server
-    import socket
-    from http import HTTPStatus
-    from urllib.parse import urlsplit
-
-    readers = threading.BoundedSemaphore(SERVE_READERS)
-    budget = ByteBudget(body_bytes)
-
-    class DeadlineReader(socket.SocketIO):
-        """A connection's reads, each allowed only the time left before `until` (a monotonic time):
-        a client trickling a byte at a time is cut off all the same."""
-        until = 0.0
-
-        def readinto(self, buffer) -> int | None:
-            left = self.until - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the request's deadline passed")
-            self._sock.settimeout(left)
-            return super().readinto(buffer)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        """GET / is the page, POST /predict the API; anything else an error in JSON. Nothing on disk is served."""
-        protocol_version = "HTTP/1.1"  # keep-alive: a drawing sends many requests
-        disable_nagle_algorithm = True  # an answer's head and body go out at once, not 40 ms apart
-        server_version = "train.py"
-        sys_version = ""
-
-        def setup(self) -> None:
-            super().setup()
-            self.rfile.close()  # replaced by one that keeps the request's deadline
-            self.reader = DeadlineReader(self.connection, "rb")
-            self.rfile = io.BufferedReader(self.reader)
-
-        def handle_one_request(self) -> None:
-            """Wait up to SERVE_IDLE_SECONDS for a request; from its first byte, it has `deadline` seconds."""
-            self.reader.until = time.monotonic() + SERVE_IDLE_SECONDS
-            try:
-                waiting = self.rfile.peek(1)
-            except OSError:  # silent for too long, or gone
-                waiting = b""
-            if not waiting:
-                self.close_connection = True
-                return
-            self.started, self.answered = time.perf_counter(), False
-            self.command, self.path, self.request_version, self.headers = None, "", "HTTP/1.1", None
-            self.reader.until = time.monotonic() + deadline
-            super().handle_one_request()
-            if self.reader._timeout_occurred and not self.answered:
-                self.refuse(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {deadline:g} seconds")
-
-        def parse_request(self) -> bool:
-            """http.server's parsing, and then: only requests from the page itself or from scripts."""
-            if not super().parse_request():
-                return False
-            problem = foreign_request(self.headers, names, self.connection.getsockname()[0])
-            if problem:
-                self.refuse(HTTPStatus.FORBIDDEN, problem)
-            return not problem
-
-        def handle_expect_100(self) -> bool:
-            return True  # "100 Continue" is said by do_POST, once the picture's length is accepted
-
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            if path == "/predict":
-                return self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, "use POST")
-            if path != "/":
-                return self.refuse(HTTPStatus.NOT_FOUND, "no such page")
-            self.send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": policy})
-
-        def do_POST(self) -> None:
-            path = urlsplit(self.path).path
-            if path != "/predict":
-                return self.refuse(HTTPStatus.METHOD_NOT_ALLOWED if path == "/" else HTTPStatus.NOT_FOUND,
-                                   "post pictures to /predict")
-            try:
-                length = body_length(self.headers)
-            except Refused as refusal:
-                return self.refuse(refusal.status, str(refusal))
-            with budget.held(length, self.reader.until) as fits:
-                if not fits:
-                    return self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy: try again in a moment",
-                                       {"Retry-After": "5"})
-                if self.headers.get("Expect", "").lower() == "100-continue":
-                    self.send_response_only(HTTPStatus.CONTINUE)
-                    self.end_headers()
-                body = self.rfile.read(length)  # past the deadline: TimeoutError, answered 408
-                if len(body) < length:
-                    return self.refuse(HTTPStatus.BAD_REQUEST,
-                                       f"the picture ended after {len(body):,} of its {length:,} bytes")
-                try:
-                    answer = answer_for_page(recognizer, body, self.headers.get("Content-Type", ""), readers)
-                except PictureError as error:
-                    return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            self.send_json(HTTPStatus.OK, answer)
-
-        def not_allowed(self) -> None:
-            self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here")
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = not_allowed
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            """http.server's own errors (a malformed request, an unknown method) as JSON too."""
-            self.refuse(code, message or HTTPStatus(code).phrase)
-
-        def refuse(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-            """An error answered before the request's body is read; then the connection is closed,
-            after reading what the client still sends: closing with data unread would reset the
-            connection, and the reset can overtake the answer."""
-            self.close_connection = True
-            self.send_json(status, {"error": reason}, headers)
-            unread = unread_length(self.headers)
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_WR)
-                until = max(self.reader.until, time.monotonic() + SERVE_LINGER_SECONDS)
-                while unread is None or unread > 0:
-                    left = min(until - time.monotonic(), SERVE_LINGER_SECONDS)
-                    if left <= 0:
-                        break
-                    self.connection.settimeout(left)
-                    chunk = self.connection.recv(2**16)
-                    if not chunk:
-                        break
-                    unread = None if unread is None else unread - len(chunk)
-
-        def send_json(self, status: int, content: dict, headers: dict[str, str] | None = None) -> None:
-            self.send(status, json.dumps(content).encode(), "application/json",
-                      {"Cache-Control": "no-store", **(headers or {})})
-
-        def send(self, status: int, body: bytes, kind: str, headers: dict[str, str]) -> None:
-            self.connection.settimeout(SERVE_IDLE_SECONDS)  # a client that reads nothing is dropped
-            self.send_response_only(status)
-            for name, value in {"Content-Type": kind, "Content-Length": str(len(body)),
-                                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                                **headers}.items():
-                self.send_header(name, value)
-            if status == HTTPStatus.METHOD_NOT_ALLOWED:
-                self.send_header("Allow", "POST" if urlsplit(self.path).path == "/predict" else "GET")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-            self.answered = True
-            self.log_line(status)
-
-        def log_line(self, status: int) -> None:
-            if not quiet:
-                path = "".join(c if c.isprintable() else "?" for c in (self.path or "")[:200])
-                elapsed = 1000 * (time.perf_counter() - self.started)
-                sys.stderr.write(f"{self.command or '-'} {path or '-'} {int(status)} {elapsed:.0f} ms\n")
-
-        def log_message(self, format: str, *args) -> None:  # http.server's own log: replaced by log_line
-            pass
-
-    return Handler
-
-
-def serve(args: argparse.Namespace) -> int:
-    """Serve the drawing page and the API until Ctrl-C or SIGTERM; 0 when stopped that way.
-
-    Reading a picture is Python work, and one Python process answers on one core at a time
-    (the interpreter's lock), so --processes processes share the listening socket, each with
-    the model loaded once: the system hands each new connection to one that is waiting.
-    """
-    model_path = chosen_model(args)
-    page, policy = page_with_policy(model_path)
-    listener = listening_socket(args.host, args.port)
-    announce(listener)  # before any process answers: whoever is answered has been told where
-    names = served_names(args.host)
-    # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
-    helpers = [start_helper(listener, model_path, page, policy, args.quiet, names)
-               for _ in range(args.processes - 1)]
-    stopped = False
-    try:
-        with tensorflow_chatter_filtered():
-            answering_server(listener, model_path, page, policy, args.quiet, names).serve_forever()
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        for helper in helpers:
-            helper.terminate()
-        for helper in helpers:
-            helper.join()
-        listener.close()
-    if stopped:  # said last: no helper's log line can come after it
-        print("Stopped.", file=sys.stderr)
-    return 0
-
-
-def announce(listener) -> None:
-    """Say where the page is (for a server open to the network, at addresses other computers can
-    use), and warn when other computers can reach it."""
-    import ipaddress
-
-    host, port = listener.getsockname()[:2]
-    shown = "localhost" if is_wildcard(host) else f"[{host}]" if ":" in host else host
-    print(f"Draw digits at http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
-    if is_wildcard(host):
-        found = [f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
-                 for address in own_addresses()]
-        print(f"From other computers: {' or '.join(found) or f'http://<this computer address>:{port}/'}", flush=True)
-    with contextlib.suppress(ValueError):
-        if not ipaddress.ip_address(host).is_loopback:
-            warn(f"serving on {host}: anyone who can reach this computer on port {port} "
-                 "can use the page and the API")
-
-
-def own_addresses() -> list[str]:
-    """This computer's network addresses, as far as the standard library can tell (it lists no interfaces)."""
-    import ipaddress
-    import socket
-
-    found = []
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent, the route is only looked up
-        found.append(probe.getsockname()[0])
-    with contextlib.suppress(OSError):
-        for *_, address in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM):
-            found.append(address[0])
-    return [address for address in dict.fromkeys(found) if not ipaddress.ip_address(address).is_loopback]
-
-
-def listening_socket(host: str, port: int):
-    """The socket every serving process accepts connections on; a port in use is said in words."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        listener = socket.create_server((host, port), family=family, backlog=SERVE_BACKLOG)
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ServeError(f"port {port} is already in use on {host}; stop what uses it, "
-                             "or choose another with --port N (--port 0 takes any free port)") from None
-        raise ServeError(f"cannot serve on {host} port {port}: {error.strerror or error}") from None
-    listener.setblocking(False)  # a process that loses the race for a connection goes back to waiting
-    return listener
-
-
-def answering_server(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
-    """An HTTP server on the shared socket, with this process's own copy of the model, ready to answer."""
-    start_tensorflow(SEED)
-    recognizer = Recognizer(model_path)
-    recognizer.probabilities([np.zeros(IMAGE_SHAPE, np.float32)])  # the first call compiles: do it now
-    return http_server(listener, make_handler(recognizer, page, policy, quiet, names))
-
-
-def http_server(listener, handler, connections: int = SERVE_CONNECTIONS):
-    """A server on `listener` with a thread per connection, at most `connections` at once: at the
-    cap it accepts no more, and they wait for a thread here or are taken by another process."""
-    import http.server
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True  # a connection left open never keeps the server from stopping
-        threads = threading.BoundedSemaphore(connections)
-
-        def get_request(self):
-            if not self.threads.acquire(timeout=0.5):  # the cap: look again after a while (and after a shutdown)
-                raise BlockingIOError("every connection thread is busy")
-            try:
-                return super().get_request()
-            except BaseException:
-                self.threads.release()
-                raise
-
-        def process_request_thread(self, request, client_address) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.threads.release()
-
-        def handle_error(self, request, client_address) -> None:  # one line, never a traceback
-            print(f"error: a request from {client_address[0]} failed: {sys.exc_info()[1]!r}", file=sys.stderr)
-
-    server = Server(listener.getsockname()[:2], handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = listener
-    return server
-
-
-def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
-    """Another serving process: a fresh interpreter (TensorFlow does not survive a fork).
-
-    Ctrl-C reaches every process of the terminal; stopping is the first process's to do, so the
-    helper starts with it blocked and then ignores it.
-    """
-    import multiprocessing
-
-    helper = multiprocessing.get_context("spawn").Process(
-        target=help_serving, args=(listener, model_path, page, policy, quiet, names), daemon=True)
-    blockable = hasattr(signal, "pthread_sigmask")
-    if blockable:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        helper.start()
-    finally:
-        if blockable:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    return helper
-
-
-def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]) -> None:
-    """A helper's life: answer on the shared socket until the first process stops it, or is gone."""
-    import multiprocessing
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    # Killed outright, the first process cannot stop its helpers: they leave as soon as it is gone.
-    parent = multiprocessing.parent_process()
-    threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
-    with contextlib.suppress(DataError), tensorflow_chatter_filtered():  # a bad model: the first process says so
-        answering_server(listener, model_path, page, policy, quiet, names).serve_forever()
 
 
 # -----------------------------------------------------------------------------
@@ -2577,7 +1222,11 @@ def run(args: argparse.Namespace, started: float) -> None:
 
 
 class ClosedPipeTolerant(io.TextIOBase):
-    """stdout that goes quiet when its reader has gone (`| head`), instead of losing the run."""
+    """stdout that goes quiet when its reader has gone (`| head`), instead of losing the run.
+
+    Python's documented recipe for a closed stdout ends the program at the first failed write;
+    here that would throw away a model trained for a minute, so the writes are dropped instead.
+    """
 
     def __init__(self, stream) -> None:
         self.stream, self.reader_gone = stream, False
@@ -2603,42 +1252,47 @@ class ClosedPipeTolerant(io.TextIOBase):
         return self.stream.isatty()
 
 
-REQUIRED_PACKAGES = ("tensorflow", "keras", "h5py", "PIL", "scipy")  # imported where they are needed
+def has_packages(packages: tuple[str, ...]) -> bool:
+    """Whether this Python has `packages`; if not, say so in one line (most often: a virtual
+    environment not activated). They are imported where they are needed, after this check."""
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
+    if missing:
+        print(f"error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in this Python "
+              f"({sys.executable}): pip install -r requirements.txt (in the virtual environment, if you made one)",
+              file=sys.stderr)
+    return not missing
+
+
+def stop_as_ctrl_c() -> None:
+    """`kill` and a closed terminal stop as cleanly as Ctrl-C does."""
+    for stopping in STOP_SIGNALS[1:]:
+        if stopping is not None:
+            signal.signal(stopping, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    missing = [package for package in REQUIRED_PACKAGES if importlib.util.find_spec(package) is None]
-    if missing:  # most often: a virtual environment not activated
-        print(f"error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in this Python "
-              f"({sys.executable}): pip install -r requirements.txt (in the virtual environment, if you made one)",
-              file=sys.stderr)
+    if not has_packages(("tensorflow", "keras", "h5py")):
         return EXIT_ERROR
-    for stopping in STOP_SIGNALS[1:]:  # `kill` and a closed terminal stop as cleanly as Ctrl-C
-        if stopping is not None:
-            signal.signal(stopping, signal.default_int_handler)
+    stop_as_ctrl_c()
     try:
-        if args.serve:
-            return serve(args)  # each of its processes filters its own stderr
         with tensorflow_chatter_filtered():
-            if args.predict:
-                return predict(args)
             run(args, started)
-    except (DataError, OutputError, ServeError) as error:
+    except (DataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except InterruptedAfterSaving:
         print(f"\nInterrupted after every output was saved in {args.output_dir}.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        done = "." if args.mode != "train" else f": nothing was saved; {args.output_dir} is as it was."
-        print(f"\nInterrupted{done}", file=sys.stderr)
+        print(f"\nInterrupted: nothing was saved; {args.output_dir} is as it was.", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
 
-if __name__ == "__main__":
+def run_as_program(main: Callable[[], int]) -> None:
+    """Run `main` as the program: its exit code is the process's."""
     sys.stdout = ClosedPipeTolerant(sys.stdout)
     exit_code = main()
     sys.stdout.flush()
@@ -2646,3 +1300,7 @@ if __name__ == "__main__":
     # Every output is closed and in place by now; TensorFlow's interpreter shutdown would
     # take most of a second more and do nothing for us.
     os._exit(exit_code)
+
+
+if __name__ == "__main__":
+    run_as_program(main)

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 sys.path.insert(0, str(DOCS.parent / "tests"))
+import predict  # noqa: E402
 import train  # noqa: E402
 from conftest import start_server, stop_server  # noqa: E402
 from pen_photos import pen_photo, save  # noqa: E402
@@ -60,14 +61,14 @@ def page_screenshot(model: Path, path: Path) -> None:
 
 
 def pen_figure(model: Path, data: Path, path: Path) -> None:
-    """A ballpoint 7 on ruled paper in a box, and the 28x28 input --predict made of it."""
+    """A ballpoint 7 on ruled paper in a box, and the 28x28 input predict.py made of it."""
     digit = np.load(data)["x_test"][0]
     picture, _ = pen_photo(digit, np.random.default_rng(4), pen_share=0.02, ruled=True, boxed=True, longer=2400)
     photo = save(picture, DOCS / "pen-photo-input.jpg")
-    reading = train.read_digit(train.load_picture(photo))
+    reading = predict.read_digit(predict.load_picture(photo))
     photo.unlink()
     train.start_tensorflow(0)
-    row = train.Recognizer(model).probabilities([reading.image])[0]
+    row = predict.Recognizer(model).probabilities([reading.image])[0]
     shown = picture.copy()
     shown.thumbnail((420, 420))
     seen = Image.fromarray(np.uint8(255 * reading.image)).resize((shown.height, shown.height), Image.Resampling.NEAREST)

@@ -1,4 +1,4 @@
-"""Shared helpers: synthetic MNIST-format data, and running train.py as a user would."""
+"""Shared helpers: synthetic MNIST-format data, and running train.py, predict.py and serve.py as a user would."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "train.py"
+PREDICT = ROOT / "predict.py"
+SERVE = ROOT / "serve.py"
 sys.path.insert(0, str(ROOT))
 
 
@@ -160,8 +162,8 @@ class Server(NamedTuple):
 
 
 def start_server(*args: str | Path) -> Server:
-    """train.py --serve in a fresh process on a free port, returned once it says where it listens."""
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--port", "0", *map(str, args)],
+    """serve.py in a fresh process on a free port, returned once it says where it listens."""
+    process = subprocess.Popen([sys.executable, str(SERVE), "--port", "0", *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                start_new_session=True)  # a process group of its own, as in a terminal
     log: list[str] = []
@@ -220,14 +222,18 @@ def server(model_file):
         stop_server(running, signal.SIGTERM)
 
 
-def run_train(*args: str | Path, env: dict[str, str] | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """train.py in a fresh process, output captured (not a terminal: one line per epoch)."""
+def run_program(program: Path, *args: str | Path, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """One of the programs in a fresh process, output captured (not a terminal: one line per epoch)."""
     return subprocess.run(
-        [sys.executable, str(TRAIN), *map(str, args)],
+        [sys.executable, str(program), *map(str, args)],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_train(*args: str | Path, **options) -> subprocess.CompletedProcess:
+    return run_program(TRAIN, *args, **options)
 
 
 class Ran(NamedTuple):
@@ -236,26 +242,34 @@ class Ran(NamedTuple):
     stderr: str
 
 
-def run_here(*args: str | Path, env: dict[str, str] | None = None, terminal=None) -> Ran:
-    """train.py's main() in this process, output captured (or written to `terminal`): what run_train
-    does, without the seconds a fresh process takes to start TensorFlow. For what only a process
-    of its own shows (a signal from outside, a closed pipe, TensorFlow's start-up messages), use
-    run_train."""
+def run_here(*args: str | Path, env: dict[str, str] | None = None, terminal=None, program: str = "train") -> Ran:
+    """The program's main() in this process, output captured (or written to `terminal`): what
+    run_program does, without the seconds a fresh process takes to start TensorFlow. For what only
+    a process of its own shows (a signal from outside, a closed pipe, TensorFlow's start-up
+    messages), use run_program."""
+    import importlib
+
     import train
 
+    main = importlib.import_module(program).main
     stdout, stderr = terminal or io.StringIO(), io.StringIO()
     handlers = {number: signal.getsignal(number) for number in train.STOP_SIGNALS if number is not None}
     saved_env = dict(os.environ)
     os.environ.update(env or {})
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = train.main([str(arg) for arg in args])
+            code = main([str(arg) for arg in args])
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         for number, handler in handlers.items():
             signal.signal(number, handler)
     return Ran(code, "" if terminal else stdout.getvalue(), stderr.getvalue())
+
+
+def predict_here(*args: str | Path, **options) -> Ran:
+    """predict.py's main() in this process (see run_here)."""
+    return run_here(*args, program="predict", **options)
 
 
 def is_png(path: Path) -> bool:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""How well does --predict read digits that are not MNIST's own 28x28 images?
+"""How well does predict.py read digits that are not MNIST's own 28x28 images?
 
     python tests/handwriting_check.py --data ../shared/data/mnist.npz --model model.h5
 
-Makes pictures the way users take them and scores train.py's preprocessing on them. The digits
+Makes pictures the way users take them and scores predict.py's preprocessing on them. The digits
 come from four sources:
   - MNIST test digits re-rendered: other sizes and positions, thinner or bolder strokes,
     either polarity, coloured ink and paper, noise, uneven lighting, slight rotation,
@@ -11,7 +11,7 @@ come from four sources:
   - the digits 0-9 typeset in the fonts this machine has (not handwriting, but not MNIST either);
   - MNIST test digits written again with a ballpoint pen (1-4% of the digit's height wide)
     and photographed (tests/pen_photos.py): plain or ruled paper, a box around some;
-  - MNIST test digits drawn on the drawing page's canvas (--serve), as the page sends them.
+  - MNIST test digits drawn on the drawing page's canvas (serve.py), as the page sends them.
 Each digit is then read as made, and in the kinds people make of it: cropped to the ink with no
 margin and with a small one; drawn bold (a marker a fifth of its height wide), blurred and saved
 small (48x48, 150x150), cropped to the ink; and photographed on a dark desk, the page 70-90% of
@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import predict  # noqa: E402
 import train  # noqa: E402
 from pen_photos import BLANK_PAGES, blank_page, centre_line, pen_photo, save, write_digit  # noqa: E402
 
@@ -238,13 +239,13 @@ def tutorial_input(path: Path) -> np.ndarray:
 
 
 def our_inputs(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """train.py's inputs for the pictures, and which it refused as blank (a blank input: a miss)."""
+    """predict.py's inputs for the pictures, and which it refused as blank (a blank input: a miss)."""
     inputs, refused = [], []
     for path in paths:
         try:
-            inputs.append(train.read_digit(train.load_picture(path)).image)
+            inputs.append(predict.read_digit(predict.load_picture(path)).image)
             refused.append(False)
-        except train.PictureError:
+        except predict.PictureError:
             inputs.append(np.zeros((28, 28), np.float32))
             refused.append(True)
     return np.stack(inputs), np.array(refused)
@@ -304,7 +305,7 @@ def preprocessing_times(rng: np.random.Generator, digit: np.ndarray, folder: Pat
         times = []
         for _ in range(TIMING_ROUNDS):
             started = time.perf_counter()
-            train.read_digit(train.load_picture(path))
+            predict.read_digit(predict.load_picture(path))
             times.append(time.perf_counter() - started)
         print(f"preprocessing a {name}: median {1000 * statistics.median(times):.0f} ms "
               f"over {TIMING_ROUNDS} runs")
@@ -327,8 +328,8 @@ def main() -> int:
     rows = made_pictures(folder, args.data, args.count, args.seed)
     made_in = time.perf_counter() - started
     train.start_tensorflow(args.seed)
-    model = train.load_trained_model(args.model)
-    temperature = train.model_temperature(args.model) or 1.0
+    model = predict.load_trained_model(args.model)
+    temperature = predict.model_temperature(args.model) or 1.0
 
     started = time.perf_counter()
     inputs, refused = our_inputs([Path(row["path"]) for row in rows])

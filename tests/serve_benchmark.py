@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast does python train.py --serve answer a classroom drawing at once?
+"""How fast does python serve.py answer a classroom drawing at once?
 
     python tests/serve_benchmark.py --model model.h5 --clients 30 --requests 10000
 
@@ -252,7 +252,7 @@ def main() -> int:
     if not args.model.is_file():
         parser.error(f"--model: {args.model} is not a file; train one first with: python train.py")
 
-    server = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--serve", "--port", "0", "--quiet",
+    server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--port", "0", "--quiet",
                                "--model", str(args.model)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = server.stdout.readline()

@@ -186,8 +186,8 @@ def test_an_unreadable_upload_shows_the_reason_and_no_stale_answer(page, tmp_pat
 
 
 def test_an_upload_too_large_shows_why_it_was_refused(page, tmp_path):
-    import train
-    (tmp_path / "huge.jpg").write_bytes(bytes(train.SERVE_MAX_BYTES + 1))  # refused from its length; sent whole
+    import serve
+    (tmp_path / "huge.jpg").write_bytes(bytes(serve.SERVE_MAX_BYTES + 1))  # refused from its length; sent whole
     page.find_element(By.ID, "upload").send_keys(str(tmp_path / "huge.jpg"))
     wait_for(page, lambda: text(page, "message") ==
-             f"picture too large: {train.SERVE_MAX_BYTES + 1:,} bytes; at most 20 MiB")
+             f"picture too large: {serve.SERVE_MAX_BYTES + 1:,} bytes; at most 20 MiB")

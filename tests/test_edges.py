@@ -2,6 +2,7 @@
 only a process of its own shows: test_edges_processes.py)."""
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import predict
 import train
 from conftest import Ran, run_here, synthetic_mnist
 from test_training import FIGURES, OUTPUTS, previous_good_run, signal_during_epoch, snapshot
@@ -285,24 +287,27 @@ def test_a_full_disk_while_hdf5_writes_is_one_line(synthetic_npz, tmp_path, monk
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--predict", "a.png", "--epochs", "3"], "argument --epochs: only when training"),
-    (["--serve", "--data", "x.npz"], "argument --data: only when training"),
-    (["--save-preprocessed", "seen"], "argument --save-preprocessed: only with --predict"),
-    (["--format", "json"], "argument --format: only with --predict"),
-    (["--model", "m.h5"], "argument --model: only with --predict or with --serve"),
-    (["--epoch", "3"], "unrecognized arguments: --epoch 3"),
+@pytest.mark.parametrize("program, argv, message", [
+    ("train", ["--model", "m.h5"], "unrecognized arguments: --model m.h5"),
+    ("predict", ["a.png", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    ("serve", ["--data", "x.npz"], "unrecognized arguments: --data x.npz"),
+    ("train", ["--epoch", "3"], "unrecognized arguments: --epoch 3"),
 ])
-def test_options_that_mean_nothing_in_the_mode_are_refused(argv, message, capsys):
+def test_each_program_takes_only_its_own_options(program, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(program).parse_args(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: {message} (python {program}.py --help lists the options)\n"
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["--predict", "a.png", "--model", "m.h5"], "--predict is a program of its own now: python predict.py IMAGE..."),
+    (["--epochs", "3", "--serve=yes"], "--serve is a program of its own now: python serve.py"),
+])
+def test_an_old_command_line_with_predict_or_serve_is_told_the_new_command(argv, command, capsys):
     with pytest.raises(SystemExit) as exit_:
         train.parse_args(argv)
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_predict_does_not_need_a_writable_output_folder(tmp_path):
-    a_file = tmp_path / "file"
-    a_file.write_text("")
-    assert train.parse_args(["--predict", "a.png", "--output-dir", str(a_file)]).mode == "predict"
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"error: {command}\n"
 
 
 @pytest.mark.parametrize("make, message", [
@@ -310,15 +315,15 @@ def test_predict_does_not_need_a_writable_output_folder(tmp_path):
     (lambda p: p, "no such model file"),
 ])
 def test_a_model_path_that_is_not_a_model_file_is_said_so(make, message, tmp_path):
-    with pytest.raises(train.DataError, match=message):
-        train.check_model_file(make(tmp_path / "model.h5"))
+    with pytest.raises(predict.ModelError, match=message):
+        predict.checked_model_path(make(tmp_path / "model.h5"))
 
 
 def test_an_hdf5_model_named_keras_is_said_so(model_file, tmp_path):
     renamed = tmp_path / "model.keras"
     renamed.write_bytes(model_file.read_bytes())
-    with pytest.raises(train.DataError, match=r"an HDF5 model \(Keras's .h5 format\) named .keras; rename it"):
-        train.load_trained_model(renamed)
+    with pytest.raises(predict.ModelError, match=r"an HDF5 model \(Keras's .h5 format\) named .keras; rename it"):
+        predict.load_trained_model(renamed)
 
 
 def test_data_that_is_not_a_regular_file_is_said_so(tmp_path):
@@ -331,8 +336,8 @@ def test_data_that_is_not_a_regular_file_is_said_so(tmp_path):
 
 def test_a_huge_picture_is_refused_in_one_line_without_pillows_warning(tmp_path, recwarn):
     Image.new("1", (16000, 16000)).save(tmp_path / "huge.png")
-    with pytest.raises(train.PictureError, match=r"too large to read safely \(16000x16000 pixels; at most 60 megapixels\)"):
-        train.load_picture(tmp_path / "huge.png")
+    with pytest.raises(predict.PictureError, match=r"too large to read safely \(16000x16000 pixels; at most 60 megapixels\)"):
+        predict.load_picture(tmp_path / "huge.png")
     assert not recwarn.list
 
 

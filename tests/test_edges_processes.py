@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import predict
 import train
-from conftest import ROOT, TRAIN, run_train
+from conftest import PREDICT, ROOT, TRAIN, run_train
 from test_training import OUTPUTS, previous_good_run, snapshot
 
 
@@ -61,11 +62,11 @@ def test_a_re_py_in_the_current_folder_breaks_neither_the_warnings_nor_the_run(m
     Image.new("L", (100, 100), 255).save(tmp_path / "pictures" / "blank.png")
     Image.fromarray(255 - np.eye(100, dtype=np.uint8) * 255).save(tmp_path / "pictures" / "one.png")
     (tmp_path / "pictures" / "notes.txt").write_text("not a picture")
-    done = subprocess.run([sys.executable, str(TRAIN), "--predict", "pictures", "--model", str(model_file),
+    done = subprocess.run([sys.executable, str(PREDICT), "pictures", "--model", str(model_file),
                            "--save-preprocessed", "seen"],
                           cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert done.stderr.splitlines() == [f"{Path('pictures', 'notes.txt')}: skipped: not a picture",
-                                        f"{Path('pictures', 'blank.png')}: error: {train.BLANK_PICTURE}"]
+                                        f"{Path('pictures', 'blank.png')}: error: {predict.BLANK_PICTURE}"]
     assert done.returncode == 1 and done.stdout.startswith(f"{Path('pictures', 'one.png')}: ")
     assert (tmp_path / "seen" / "one.png").is_file()
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import predict
 import train
-from conftest import run_here
+from conftest import predict_here
 from pen_photos import pen_photo
 from test_predict import mnist_digits, similarity
 
 
-def read(path) -> train.Reading:
-    return train.read_digit(train.load_picture(path))
+def read(path) -> predict.Reading:
+    return predict.read_digit(predict.load_picture(path))
 
 
 def mnist_stroke_width(image: np.ndarray) -> float:
@@ -23,10 +24,10 @@ def mnist_stroke_width(image: np.ndarray) -> float:
     ink = image > 0.5
     rows, columns = np.nonzero(ink)
     crop = image[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
-    scale = train.STROKE_FRAME / max(crop.shape)
+    scale = predict.STROKE_FRAME / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     big = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)) > 0.5
-    return train.width_in_box(big)
+    return predict.width_in_box(big)
 
 
 def issue_seven(path):
@@ -38,26 +39,26 @@ def issue_seven(path):
 
 
 def answers(model_file, images: list[np.ndarray]) -> list[int]:
-    model = train.load_trained_model(model_file)
+    model = predict.load_trained_model(model_file)
     return list(model(np.stack(images)).numpy().argmax(axis=1))
 
 
 def test_mnist_stroke_range_is_the_middle_half_of_mnists_own(real_mnist):
     with np.load(real_mnist) as data:
         widths = [mnist_stroke_width(image / 255) for image in data["x_train"][:2000]]
-    assert np.percentile(widths, 25) == pytest.approx(train.MNIST_STROKE[0], abs=0.1)
-    assert np.percentile(widths, 75) == pytest.approx(train.MNIST_STROKE[1], abs=0.1)
+    assert np.percentile(widths, 25) == pytest.approx(predict.MNIST_STROKE[0], abs=0.1)
+    assert np.percentile(widths, 75) == pytest.approx(predict.MNIST_STROKE[1], abs=0.1)
 
 
 def test_the_issues_thin_seven_gets_mnists_stroke_width(tmp_path):
     made = read(issue_seven(tmp_path / "seven.png")).image
-    low, high = train.MNIST_STROKE
+    low, high = predict.MNIST_STROKE
     assert low - 0.5 <= mnist_stroke_width(made) <= high + 0.5
 
 
 def test_the_issues_thin_seven_is_read_as_a_seven(real_mnist, model_file, tmp_path):
     path = issue_seven(tmp_path / "seven.png")
-    done = run_here("--predict", path, "--model", model_file)
+    done = predict_here(path, "--model", model_file)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{path}: 7 (")
 
@@ -73,7 +74,7 @@ def photo_input(digit: np.ndarray, seed: int, **chosen) -> np.ndarray:
     file = io.BytesIO()
     picture.save(file, "BMP")
     file.seek(0)
-    return train.read_digit(train.decode_picture(file)).image
+    return predict.read_digit(predict.decode_picture(file)).image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ WIDTH_SLACK = 0.35  # the 28x28 input's width, measured again after anti-aliasin
 
 @pytest.mark.parametrize("pen", PENS)
 def test_thin_and_bold_pens_come_back_with_mnists_stroke_width(pen, pen_inputs):
-    low, high = train.MNIST_STROKE
+    low, high = predict.MNIST_STROKE
     for index, made in enumerate(pen_inputs[pen]):
         assert low - WIDTH_SLACK <= mnist_stroke_width(made) <= high + WIDTH_SLACK, (pen, index)
 
@@ -156,7 +157,7 @@ def test_a_folder_is_read_in_order_skipping_what_is_not_a_picture(model_file, tm
     canvas((255, 255, 255, 255)).save(folder / "a.png")
     (folder / "notes.txt").write_text("not a picture")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    done = run_here("--predict", folder, "--model", model_file)
+    done = predict_here(folder, "--model", model_file)
     assert done.returncode == 1  # a picture that could not be read
     assert [line.split(": ")[0] for line in done.stdout.splitlines()] == [str(folder / "a.png"), str(folder / "b.png")]
     assert done.stderr.splitlines() == [f"{folder / 'notes.txt'}: skipped: not a picture",
@@ -168,14 +169,14 @@ def test_json_gives_one_object_per_picture_with_calibrated_probabilities(model_f
     folder.mkdir()
     canvas((0, 0, 0, 255)).save(folder / "a.png")
     (folder / "broken.png").write_bytes(b"broken")
-    done = run_here("--predict", folder, "--model", model_file, "--format", "json")
+    done = predict_here(folder, "--model", model_file, "--format", "json")
     assert done.returncode == 1 and done.stderr == ""
     first, second = map(json.loads, done.stdout.splitlines())
     assert second == {"path": str(folder / "broken.png"), "error": "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"}
     assert set(first) == {"path", "digit", "confidence", "probabilities", "notes"}
     assert first["path"] == str(folder / "a.png") and first["notes"] == []
-    raw = train.load_trained_model(model_file)(read(folder / "a.png").image[None]).numpy()
-    expected = train.calibrated(raw, train.model_temperature(model_file))[0]
+    raw = predict.load_trained_model(model_file)(read(folder / "a.png").image[None]).numpy()
+    expected = train.calibrated(raw, predict.model_temperature(model_file))[0]
     assert first["probabilities"] == pytest.approx(expected, abs=1e-4)
     assert first["digit"] == int(expected.argmax()) and first["confidence"] == pytest.approx(expected.max(), abs=1e-4)
 
@@ -186,6 +187,6 @@ def test_the_text_line_shows_the_calibrated_confidence_and_the_notes(model_file,
     draw.line([(200, 150), (400, 150), (280, 450)], fill=0, width=10)
     draw.line([(700, 150), (700, 450)], fill=0, width=10)
     picture.save(tmp_path / "two.png")
-    text = run_here("--predict", tmp_path / "two.png", "--model", model_file).stdout.strip()
-    data = json.loads(run_here("--predict", tmp_path / "two.png", "--model", model_file, "--format", "json").stdout)
+    text = predict_here(tmp_path / "two.png", "--model", model_file).stdout.strip()
+    data = json.loads(predict_here(tmp_path / "two.png", "--model", model_file, "--format", "json").stdout)
     assert text == f"{tmp_path / 'two.png'}: {data['digit']} ({100 * data['confidence']:.1f}%; several marks: used the largest)"

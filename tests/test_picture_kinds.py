@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-import train
+import predict
 from test_predict import similarity
 
 FOUR = [[(0.62, 0.05), (0.08, 0.68), (0.92, 0.68)], [(0.62, 0.05), (0.62, 0.95)]]  # strokes, as shares of the side
@@ -39,12 +39,12 @@ def to_ink(picture: Image.Image, margin: int = 0) -> Image.Image:
                          min(picture.width, columns.max() + 1 + margin), min(picture.height, rows.max() + 1 + margin)))
 
 
-def read(picture: Image.Image, fmt: str = "PNG") -> train.Reading:
+def read(picture: Image.Image, fmt: str = "PNG") -> predict.Reading:
     """What --predict makes of the picture, saved in `fmt` and decoded as a file is."""
     file = io.BytesIO()
     picture.save(file, fmt)
     file.seek(0)
-    return train.read_digit(train.decode_picture(file))
+    return predict.read_digit(predict.decode_picture(file))
 
 
 def clean(strokes, loops=()) -> np.ndarray:
@@ -112,13 +112,13 @@ def ruled_page(squared: bool, margin: bool = False) -> Image.Image:
 
 @pytest.mark.parametrize("squared", [False, True])
 def test_a_blank_ruled_or_squared_page_has_no_digit(squared):
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         read(ruled_page(squared), "JPEG")
 
 
 def test_a_blank_ruled_page_with_a_margin_line_has_no_digit():
     """The margin is a lone thin line down the page, as a 1 cropped to its ink is; but it crosses the ruled lines."""
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         read(ruled_page(squared=False, margin=True), "JPEG")
 
 
@@ -134,7 +134,7 @@ def shaded_page() -> Image.Image:
 
 def test_a_blank_page_with_a_shadow_across_a_corner_has_no_digit():
     """The shadow's edge is darker than the lit paper beside it, but it is no stroke: the shadow goes on beyond it."""
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         read(shaded_page(), "JPEG")
 
 
@@ -165,5 +165,5 @@ def test_a_thin_one_alone_in_its_picture_is_a_digit_not_a_ruled_line(top, bottom
 def test_a_single_flat_line_alone_on_the_page_is_blank():
     page = Image.new("L", (300, 300), 255)
     ImageDraw.Draw(page).line([(0, 150), (300, 153)], fill=0, width=2)
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         read(page)

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import predict
 import train
-from conftest import ROOT, run_here
+from conftest import ROOT, predict_here
 
 
 def read(grey: np.ndarray) -> np.ndarray:
-    return train.read_digit(grey).image
+    return predict.read_digit(grey).image
 
 
 def drawn_digit(size: int = 280, width: int = 24) -> np.ndarray:
@@ -104,7 +105,7 @@ def test_a_rerendered_digit_comes_back_close_to_the_original(variant, tmp_path):
     for index, digit in enumerate(mnist_digits()):
         path = tmp_path / f"digit{index}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
         path.write_bytes(render(digit, variant))
-        made = read(train.load_picture(path))
+        made = read(predict.load_picture(path))
         assert made.shape == (28, 28) and made.dtype == np.float32
         assert similarity(made, digit / 255) > 0.9, (variant, index)
 
@@ -130,15 +131,15 @@ def test_uneven_lighting_and_pale_pencil_are_evened_out():
 def test_a_very_large_picture_is_read(tmp_path):
     path = tmp_path / "huge.png"
     Image.fromarray(drawn_digit(size=5000)).save(path)
-    grey = train.load_picture(path)
-    assert max(grey.shape) == train.WORK_SIZE
+    grey = predict.load_picture(path)
+    assert max(grey.shape) == predict.WORK_SIZE
     assert similarity(read(grey), read(drawn_digit() / 255)) > 0.9
 
 
 def test_a_blank_picture_has_no_digit():
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         read(np.full((200, 300), 0.97, np.float32))
-    with pytest.raises(train.PictureError, match="no digit found"):
+    with pytest.raises(predict.PictureError, match="no digit found"):
         noise = np.random.default_rng(1).normal(0.9, 0.02, (200, 300)).astype(np.float32)
         read(np.clip(noise, 0, 1))
 
@@ -152,7 +153,7 @@ def test_bad_pictures_get_an_error_line_and_the_good_ones_an_answer(model_file, 
     Image.new("L", (100, 100), 250).save(tmp_path / "blank.png")
     (tmp_path / "album").mkdir()
     names = ["seven.png", "missing.png", "empty.png", "notes.png", "cut.png", "blank.png", "album"]
-    done = run_here("--predict", *(tmp_path / name for name in names), "--model", model_file)
+    done = predict_here(*(tmp_path / name for name in names), "--model", model_file)
     assert done.returncode == 1
     answer = done.stdout.strip()
     assert answer.startswith(f"{good}: ") and answer.endswith("%)") and len(answer.splitlines()) == 1
@@ -174,7 +175,7 @@ def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, 
         path.write_bytes(render(mnist_digits()[0], variant))
         paths.append(path)
     seen = tmp_path / "seen"
-    done = run_here("--predict", *paths, "--model", model_file, "--save-preprocessed", seen)
+    done = predict_here(*paths, "--model", model_file, "--save-preprocessed", seen)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(p) for p in paths]
@@ -186,8 +187,8 @@ def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, 
 def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
     picture = tmp_path / "digit.png"
     Image.fromarray(drawn_digit()).save(picture)
-    probe = ("import sys, train\n"
-             f"code = train.main(['--predict', {str(picture)!r}, '--model', {str(tmp_path / 'none.h5')!r}])\n"
+    probe = ("import sys, predict\n"
+             f"code = predict.main([{str(picture)!r}, '--model', {str(tmp_path / 'none.h5')!r}])\n"
              "print(code, 'tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.split() == ["1", "False"]
@@ -200,7 +201,7 @@ def test_a_file_that_is_not_a_model_is_one_line(tmp_path):
     fake.write_text("not a model")
     picture = tmp_path / "digit.png"
     Image.fromarray(drawn_digit()).save(picture)
-    done = run_here("--predict", picture, "--model", fake)
+    done = predict_here(picture, "--model", fake)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: {fake}: not a readable Keras model")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -219,7 +220,7 @@ def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path)
             path = tmp_path / f"{i}-{variant.replace(' ', '_')}.{'jpg' if 'jpeg' in variant or 'rgb' in variant else 'png'}"
             path.write_bytes(render(digits[i], variant))
             paths.append((path, originals[i].argmax()))
-    done = run_here("--predict", *(p for p, _ in paths), "--model", model_file)
+    done = predict_here(*(p for p, _ in paths), "--model", model_file)
     assert done.returncode == 0, done.stderr
     predicted = [int(line.rsplit(": ", 1)[1].split()[0]) for line in done.stdout.splitlines()]
     same = sum(p == expected for p, (_, expected) in zip(predicted, paths))
@@ -245,7 +246,7 @@ def test_a_damaged_photo_is_its_own_error_line_and_the_others_are_answered(model
         ImageOps.exif_transpose(Image.open(io.BytesIO(damaged_jpeg())))
     (tmp_path / "damaged.jpg").write_bytes(damaged_jpeg())
     Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
-    done = run_here("--predict", tmp_path / "damaged.jpg", tmp_path / "seven.png", "--model", model_file)
+    done = predict_here(tmp_path / "damaged.jpg", tmp_path / "seven.png", "--model", model_file)
     assert done.returncode == 1
     assert done.stderr == f"{tmp_path / 'damaged.jpg'}: error: unreadable image (required argument is not an integer)\n"
     assert done.stdout.startswith(f"{tmp_path / 'seven.png'}: ") and len(done.stdout.splitlines()) == 1
@@ -258,7 +259,7 @@ def test_only_the_formats_photos_and_drawings_come_in_are_opened(model_file, tmp
     Image.fromarray(drawn_digit()).save(folder / "seven.eps")  # Pillow would need Ghostscript to read it
     Image.fromarray(drawn_digit()).save(tmp_path / "seven.eps")
     (tmp_path / "seven-eps.png").write_bytes((tmp_path / "seven.eps").read_bytes())  # named as a PNG
-    done = run_here("--predict", folder, tmp_path / "seven.eps", tmp_path / "seven-eps.png", "--model", model_file)
+    done = predict_here(folder, tmp_path / "seven.eps", tmp_path / "seven-eps.png", "--model", model_file)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"{folder / 'older'}: skipped: a folder (only the pictures directly in {folder} are read)",
@@ -272,24 +273,24 @@ def test_only_the_formats_photos_and_drawings_come_in_are_opened(model_file, tmp
 def test_an_uploaded_eps_is_not_opened_either():
     buffer = io.BytesIO()
     Image.fromarray(drawn_digit()).save(buffer, "EPS")
-    with pytest.raises(train.PictureError, match="^not a PNG, JPEG, GIF, BMP, TIFF or WebP image$"):
-        train.decode_picture(io.BytesIO(buffer.getvalue()))
+    with pytest.raises(predict.PictureError, match="^not a PNG, JPEG, GIF, BMP, TIFF or WebP image$"):
+        predict.decode_picture(io.BytesIO(buffer.getvalue()))
 
 
 def test_a_model_that_is_not_a_model_is_one_line_of_our_own(tmp_path):
     Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
     readme = ROOT / "README.md"
-    done = run_here("--predict", tmp_path / "seven.png", "--model", readme)
+    done = predict_here(tmp_path / "seven.png", "--model", readme)
     assert done.returncode == 1
     assert done.stderr == f"error: {readme}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)\n"
 
 
 def test_a_web_address_is_said_not_to_be_read_as_it_was_typed(capsys):
     with pytest.raises(SystemExit) as stop:
-        train.parse_args(["--predict", "https://host/seven.png"])
+        predict.parse_args(["https://host/seven.png"])
     assert stop.value.code == train.EXIT_USAGE
-    assert capsys.readouterr().err == ("error: argument --predict: https://host/seven.png: web addresses are not "
-                                       "read; download the picture and give the file (python train.py --help "
+    assert capsys.readouterr().err == ("error: argument IMAGE: https://host/seven.png: web addresses are not "
+                                       "read; download the picture and give the file (python predict.py --help "
                                        "lists the options)\n")
 
 
@@ -307,7 +308,7 @@ def digit_of_height(size: tuple[int, int], height: int) -> tuple[bytes, int]:
 
 def size_note(data: bytes) -> tuple[str, int]:
     """The note on the digit's size, in words, and the number of pixels it says."""
-    [note] = [note for note in train.read_digit(*train.picture_from(io.BytesIO(data))).notes if "pixels tall" in note]
+    [note] = [note for note in predict.read_digit(*predict.picture_from(io.BytesIO(data))).notes if "pixels tall" in note]
     return re.sub(r"\d+", "N", note), int(re.search(r"\d+", note).group())
 
 
@@ -328,7 +329,7 @@ def test_each_answer_is_said_as_soon_as_known_and_an_interrupted_batch_keeps_the
                                                                                   monkeypatch):
     for name in ("a", "b", "c"):
         Image.fromarray(drawn_digit()).save(tmp_path / f"{name}.png")
-    opened = train.open_picture
+    opened = predict.open_picture
 
     def ctrl_c_at_the_third(path: Path):
         if path.name == "c.png":  # by now the first two answers must be out, and their inputs saved
@@ -336,8 +337,8 @@ def test_each_answer_is_said_as_soon_as_known_and_an_interrupted_batch_keeps_the
             raise KeyboardInterrupt
         return opened(path)
 
-    monkeypatch.setattr(train, "open_picture", ctrl_c_at_the_third)
-    done = run_here("--predict", tmp_path, "--model", model_file, "--save-preprocessed", tmp_path / "seen")
+    monkeypatch.setattr(predict, "open_picture", ctrl_c_at_the_third)
+    done = predict_here(tmp_path, "--model", model_file, "--save-preprocessed", tmp_path / "seen")
     assert done.returncode == train.EXIT_INTERRUPTED
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     assert sorted(path.name for path in (tmp_path / "seen").iterdir()) == ["a.png", "b.png"]
@@ -346,16 +347,18 @@ def test_each_answer_is_said_as_soon_as_known_and_an_interrupted_batch_keeps_the
 def test_pictures_that_hold_no_digit_are_told_without_starting_tensorflow(model_file, tmp_path, monkeypatch):
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
-    monkeypatch.setattr(train, "start_tensorflow", lambda seed: pytest.fail("TensorFlow started for no digit"))
-    done = run_here("--predict", tmp_path / "empty.png", tmp_path / "blank.png", "--model", model_file)
+    monkeypatch.setattr(predict, "start_tensorflow", lambda seed: pytest.fail("TensorFlow started for no digit"))
+    done = predict_here(tmp_path / "empty.png", tmp_path / "blank.png", "--model", model_file)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"{tmp_path / 'empty.png'}: error: file is empty",
-                                        f"{tmp_path / 'blank.png'}: error: {train.BLANK_PICTURE}"]
+                                        f"{tmp_path / 'blank.png'}: error: {predict.BLANK_PICTURE}"]
 
 
-def test_without_a_model_in_the_folder_the_error_says_where_it_looked_and_how_to_name_one(tmp_path):
+def test_without_a_model_in_the_folder_the_error_says_where_it_looked_and_how_to_name_one(tmp_path, monkeypatch):
     Image.fromarray(drawn_digit()).save(tmp_path / "seven.png")
-    done = run_here("--predict", tmp_path / "seven.png", "--output-dir", tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    done = predict_here(tmp_path / "seven.png")
     assert done.returncode == 1
     assert done.stderr == (f"error: no model.h5 in {(tmp_path / 'elsewhere').resolve()}: train one first with: "
                            "python train.py, or name one with --model PATH\n")

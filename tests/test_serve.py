@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import train
-from conftest import ROOT, TRAIN, helper_pids, helper_processes, run_here, run_train, start_server, stop_server
+import predict
+import serve
+from conftest import (ROOT, SERVE, helper_pids, helper_processes, predict_here, run_program, start_server,
+                      stop_server)
 
 
 def request(server, method: str, path: str, body: bytes | None = None,
@@ -91,13 +93,13 @@ class Local(NamedTuple):
 
 
 @contextlib.contextmanager
-def in_process_server(recognizer, connections: int = train.SERVE_CONNECTIONS, host: str = "127.0.0.1",
+def in_process_server(recognizer, connections: int = serve.SERVE_CONNECTIONS, host: str = "127.0.0.1",
                       **limits) -> Iterator[Local]:
     """The server's request handling in this process, with the given limits: no TensorFlow to start."""
-    listener = train.listening_socket(host, 0)
-    handler = train.make_handler(recognizer, b"<!doctype html>", "default-src 'none'", True,
-                                 train.served_names(host), **limits)
-    server = train.http_server(listener, handler, connections)
+    listener = serve.listening_socket(host, 0)
+    handler = serve.make_handler(recognizer, b"<!doctype html>", "default-src 'none'", True,
+                                 serve.served_names(host), **limits)
+    server = serve.http_server(listener, handler, connections)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -109,7 +111,7 @@ def in_process_server(recognizer, connections: int = train.SERVE_CONNECTIONS, ho
 
 @pytest.fixture(scope="module")
 def recognizer(model_file):
-    return train.Recognizer(model_file)
+    return predict.Recognizer(model_file)
 
 
 @pytest.fixture
@@ -147,7 +149,7 @@ def test_the_api_and_predict_give_the_same_answer_for_the_same_picture(server, m
     pictures = {"seven.png": drawing(), "white.png": drawing((255, 255, 255, 255))}
     for name, data in pictures.items():
         (tmp_path / name).write_bytes(data)
-    done = run_here("--predict", *(tmp_path / name for name in pictures), "--model", model_file, "--format", "json")
+    done = predict_here(*(tmp_path / name for name in pictures), "--model", model_file, "--format", "json")
     assert done.returncode == 0 and len(done.stdout.splitlines()) == len(pictures), done
     for line, data in zip(done.stdout.splitlines(), pictures.values()):
         expected = json.loads(line)
@@ -202,7 +204,7 @@ def test_a_body_without_a_length_is_411_and_the_client_reads_it_after_sending_it
 
 
 def test_an_oversized_picture_is_413_and_a_client_that_sends_it_all_still_reads_why(server):
-    size = train.SERVE_MAX_BYTES + 2**20
+    size = serve.SERVE_MAX_BYTES + 2**20
     started = time.perf_counter()
     answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % size
                           + bytes(size))
@@ -305,9 +307,9 @@ def test_ctrl_c_stops_the_server_cleanly_and_frees_the_port(model_file):
     server = start_server("--model", model_file)
     try:
         deadline = time.monotonic() + 30  # the address is said first; the helpers start after it
-        while helper_processes(server) < train.SERVE_PROCESSES - 1 and time.monotonic() < deadline:
+        while helper_processes(server) < serve.SERVE_PROCESSES - 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert helper_processes(server) == train.SERVE_PROCESSES - 1  # one per core, at most 4
+        assert helper_processes(server) == serve.SERVE_PROCESSES - 1  # one per core, at most 4
         assert all(still_answers(server) for _ in range(4))
     except BaseException:
         server.process.kill()  # its helpers leave with it
@@ -358,7 +360,7 @@ def port_is_free(port: int) -> bool:
 
 def test_killed_outright_its_helper_processes_leave_too_and_free_the_port(model_file):
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--serve", "--model", str(model_file),
+    process = subprocess.Popen([sys.executable, str(SERVE), "--model", str(model_file),
                                 "--port", str(port), "--processes", "2"], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -399,11 +401,11 @@ def test_inputs_answered_together_get_the_answers_they_get_alone(slow_recognizer
     rng = np.random.default_rng(0)
     images = [rng.random((28, 28), dtype=np.float32) for _ in range(40)]
     slow_recognizer.model.delay = 0
-    alone = [slow_recognizer.probabilities([image])[0] for image in images]
+    alone = [slow_recognizer.probabilities(image) for image in images]
     slow_recognizer.model.batches.clear()
     slow_recognizer.model.delay = 0.02
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        together = list(pool.map(slow_recognizer.answer, images))
+        together = list(pool.map(slow_recognizer.probabilities, images))
     assert max(slow_recognizer.model.batches) > 1 and sum(slow_recognizer.model.batches) == len(images)
     for mine, expected in zip(together, alone):
         np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
@@ -414,7 +416,7 @@ def test_an_input_the_model_fails_on_fails_alone_not_the_others_answered_with_it
     images = [rng.random((28, 28), dtype=np.float32) for _ in range(24)]
     images[5][0, 0] = -1
     with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        futures = [pool.submit(slow_recognizer.answer, image) for image in images]
+        futures = [pool.submit(slow_recognizer.probabilities, image) for image in images]
         outcomes = [future.exception() or future.result() for future in futures]
     assert max(slow_recognizer.model.batches) > 1
     assert isinstance(outcomes[5], ValueError)
@@ -426,15 +428,15 @@ def test_a_busy_port_is_one_clear_line(model_file):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_train("--serve", "--model", model_file, "--port", port, timeout=60)
+        done = run_program(SERVE, "--model", model_file, "--port", port, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip() == (f"error: port {port} is already in use on 127.0.0.1; stop what uses it, "
                                    "or choose another with --port N (--port 0 takes any free port)")
 
 
 def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
-    probe = ("import sys, train\n"
-             f"code = train.main(['--serve', '--model', {str(tmp_path / 'none.h5')!r}])\n"
+    probe = ("import sys, serve\n"
+             f"code = serve.main(['--model', {str(tmp_path / 'none.h5')!r}])\n"
              "print(code, 'tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.split() == ["1", "False"]
@@ -442,16 +444,13 @@ def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--port", "70000", "--serve"], "--port: must be from 0 to 65,535"),
-    (["--port", "80"], "--port: only with --serve"),
-    (["--host", "0.0.0.0"], "--host: only with --serve"),
-    (["--serve", "--predict", "a.png"], "--serve: not with --predict"),
-    (["--processes", "2"], "--processes: only with --serve"),
-    (["--serve", "--processes", "0"], "--processes: must be from 1 to 32"),
+    (["--port", "70000"], "--port: must be from 0 to 65,535"),
+    (["--processes", "0"], "--processes: must be from 1 to 32"),
+    (["--processes", "many"], "--processes: expected a whole number, got 'many'"),
 ])
 def test_serving_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        train.parse_args(argv)
+        serve.parse_args(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -473,23 +472,23 @@ def test_the_address_is_printed_before_any_process_can_answer(model_file, monkey
         said_when.append(("the first process answers", stdout.getvalue()))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "start_helper", helper)
-    monkeypatch.setattr(train, "answering_server", answering)
+    monkeypatch.setattr(serve, "start_helper", helper)
+    monkeypatch.setattr(serve, "answering_server", answering)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert train.main(["--serve", "--model", str(model_file), "--port", "0", "--processes", "3"]) == 0
+        assert serve.main(["--model", str(model_file), "--port", "0", "--processes", "3"]) == 0
     assert [moment for moment, _ in said_when] == ["a helper starts"] * 2 + ["the first process answers"]
     assert all(re.match(r"Draw digits at http://127\.0\.0\.1:\d+/ \(Ctrl-C to stop\)\n$", out) for _, out in said_when)
 
 
 def test_a_server_open_to_the_network_prints_addresses_people_can_open(capsys):
-    listener = train.listening_socket("0.0.0.0", 0)
+    listener = serve.listening_socket("0.0.0.0", 0)
     port = listener.getsockname()[1]
     with listener:
-        train.announce(listener)
+        serve.announce(listener)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"Draw digits at http://localhost:{port}/ (Ctrl-C to stop)"
-    others = [f"http://{address}:{port}/" for address in train.own_addresses()]
+    others = [f"http://{address}:{port}/" for address in serve.own_addresses()]
     assert lines[1] == f"From other computers: {' or '.join(others) or f'http://<this computer address>:{port}/'}"
     assert "0.0.0.0" not in "\n".join(lines)
 
@@ -544,8 +543,8 @@ def test_a_form_upload_of_one_file_is_read_as_the_file_itself(local):
 
 def test_an_empty_picture_is_said_as_predict_says_it(local, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(train.PictureError) as predict_says:
-        train.load_picture(tmp_path / "empty.png")
+    with pytest.raises(predict.PictureError) as predict_says:
+        predict.load_picture(tmp_path / "empty.png")
     assert post_picture(local, b"") == (400, {"error": str(predict_says.value)})
 
 
@@ -564,10 +563,10 @@ def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at():
         picture.save(buffer, kind)
         buffer.seek(0)
         if kind == "JPEG":  # decoded at half size, 2000x1600 pixels, then shrunk
-            assert train.decode_picture(buffer, max_pixels=4_000_000).shape == (819, 1024)
+            assert predict.decode_picture(buffer, max_pixels=4_000_000).shape == (819, 1024)
         else:
-            with pytest.raises(train.PictureError, match=r"\(4000x3200 pixels; at most 4 megapixels\)"):
-                train.decode_picture(buffer, max_pixels=4_000_000)
+            with pytest.raises(predict.PictureError, match=r"\(4000x3200 pixels; at most 4 megapixels\)"):
+                predict.decode_picture(buffer, max_pixels=4_000_000)
 
 
 def test_a_photo_turned_by_its_exif_orientation_is_read_upright():
@@ -575,20 +574,20 @@ def test_a_photo_turned_by_its_exif_orientation_is_read_upright():
     ImageDraw.Draw(upright).line([(150, 150), (450, 150), (250, 650)], fill=20, width=30)
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera held sideways stores it
     exif = Image.Exif()
-    exif[train.EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to show it"
+    exif[predict.EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to show it"
     readings = []
     for picture, extra in ((upright, {}), (stored, {"exif": exif.tobytes()})):
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=95, **extra)
         buffer.seek(0)
-        readings.append(train.read_digit(train.decode_picture(buffer)).image)
+        readings.append(predict.read_digit(predict.decode_picture(buffer)).image)
     assert np.abs(readings[0] - readings[1]).max() < 0.1
 
 
 def test_the_default_process_count_is_the_cores_this_process_may_run_on():
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs CPU affinity (Linux) and two cores to run on")
-    done = subprocess.run([sys.executable, "-c", "import train; print(train.SERVE_PROCESSES)"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", "import serve; print(serve.SERVE_PROCESSES)"], cwd=ROOT,
                           capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     assert done.stdout.split() == ["1"], done.stderr
 

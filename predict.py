@@ -25,7 +25,7 @@ import numpy as np
 
 from train import (EXIT_ERROR, EXIT_INTERRUPTED, IMAGE_SHAPE, MODEL_FILE, NUM_CLASSES, SEED, TEMPERATURE_ATTRIBUTE,
                    OneLineParser, OutputError, calibrated, has_packages, output_dir_problem, run_as_program,
-                   start_tensorflow, stop_as_ctrl_c, tensorflow_chatter_filtered, warn, writing_to)
+                   start_tensorflow, stop_as_ctrl_c, tensorflow_chatter_filtered, warn, write_errors_named)
 
 # -----------------------------------------------------------------------------
 # How pictures are read: MNIST's own steps, and what a photo needs before them
@@ -849,7 +849,7 @@ def predict(args: argparse.Namespace) -> int:
         else:
             print(answer_line(path, row, reading.notes))
         if args.save_preprocessed is not None:
-            with writing_to(args.save_preprocessed):
+            with write_errors_named(args.save_preprocessed):
                 save_preprocessed(reading, path, args.save_preprocessed, saved_names)
     return EXIT_ERROR if failed else 0
 

@@ -647,13 +647,13 @@ def classify(model, images: np.ndarray,
     """The model's probabilities for each of the ten digits, one row per image.
 
     The images are prepared (by default: normalized) and classified in chunks, which keeps the
-    peak of memory small; calling the model directly skips the set-up that predict() does.
+    peak of memory small; calling the model directly skips the set-up that model.predict() does.
     """
     chunks = range(0, len(images), EVAL_BATCH_SIZE)
     return np.concatenate([model(prepare(images[start:start + EVAL_BATCH_SIZE])).numpy() for start in chunks])
 
 
-def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+def evaluation_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy, loss, confusion matrix (rows: true digit) and per-digit precision and recall."""
     import tensorflow as tf
 
@@ -669,13 +669,13 @@ def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
         "accuracy": float(hits.sum() / confusion.sum()),
         "loss": float(loss),
         "confusion_matrix": confusion.tolist(),
-        "per_class": {str(digit): {"precision": defined(precision[digit]), "recall": defined(recall[digit]),
-                                   "f1": defined(f1[digit]), "support": int(support[digit])}
+        "per_class": {str(digit): {"precision": none_if_nan(precision[digit]), "recall": none_if_nan(recall[digit]),
+                                   "f1": none_if_nan(f1[digit]), "support": int(support[digit])}
                       for digit in range(NUM_CLASSES)},
     }
 
 
-def defined(value: float) -> float | None:
+def none_if_nan(value: float) -> float | None:
     """A figure, or None (null in metrics.json, n/a on screen) where it is undefined: no images to count."""
     return None if np.isnan(value) else float(value)
 
@@ -700,7 +700,7 @@ def calibration_report(model, data: Split, probabilities: np.ndarray, seed: int)
 
 def confidence_honesty(raw: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """The wrong answers, how many of them come out above CONFIDENT and the calibration error: with
-    the model's own ("raw") probabilities, and "calibrated" ones, those --predict and --serve give."""
+    the model's own ("raw") probabilities, and "calibrated" ones, those predict.py and serve.py give."""
     both = {"raw": raw, "calibrated": calibrated(raw, temperature)}
     return {
         "images": len(labels),
@@ -737,7 +737,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def varied_like_pictures(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """MNIST digits (uint8) varied as the digits --predict reads from pictures vary from MNIST's.
+    """MNIST digits (uint8) varied as the digits predict.py reads from pictures vary from MNIST's.
 
     Turned, slanted, scaled and shifted a little, a quarter with bolder and a quarter with
     thinner strokes; as float32 in [0, 1]. The confidence is calibrated on these, since an
@@ -823,7 +823,7 @@ def print_results(history: dict, report: dict) -> None:
 # -----------------------------------------------------------------------------
 def draw_figures(folder: Path, history: dict, report: dict, images: np.ndarray,
                  labels: np.ndarray, probabilities: np.ndarray, temperature: float) -> None:
-    """The figures of the run; the mistakes with the calibrated confidence, the one --predict prints."""
+    """The figures of the run; the mistakes with the calibrated confidence, the one predict.py prints."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -911,7 +911,7 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndar
     if not len(shown):
         axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no mistakes on the test set",
                   ha="center", fontsize=12)
-    axes.set_title("Most confident mistakes on the test set\n(calibrated confidence, as --predict and --serve give it)")
+    axes.set_title("Most confident mistakes on the test set\n(calibrated confidence, as predict.py and serve.py give it)")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
@@ -920,7 +920,7 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndar
 # Outputs: written to a hidden staging folder, moved into place only on success
 # -----------------------------------------------------------------------------
 @contextlib.contextmanager
-def writing_to(output_dir: Path) -> Iterator[None]:
+def write_errors_named(output_dir: Path) -> Iterator[None]:
     """Turn a failed write (disk full, no permission) into one line that names the folder."""
     try:
         yield
@@ -955,7 +955,7 @@ class Staging:
         self.kept = False  # holds earlier outputs that could not be put back
 
     def __enter__(self) -> "Staging":
-        with writing_to(self.output_dir):
+        with write_errors_named(self.output_dir):
             missing = [folder for folder in (self.output_dir, *self.output_dir.parents) if not folder.exists()]
             for folder in reversed(missing):
                 folder.mkdir()
@@ -1194,12 +1194,12 @@ def run(args: argparse.Namespace, started: float) -> None:
             history = train(model, data, args, logs=staging.path)
             fit_seconds = time.perf_counter() - fit_started
             probabilities = classify(model, data.x_test)
-            report = test_report(probabilities, data.y_test)
+            report = evaluation_report(probabilities, data.y_test)
             print_results(history, report)
             calibration = calibration_report(model, data, probabilities, args.seed)
             print_calibration(calibration)
 
-            with writing_to(args.output_dir):
+            with write_errors_named(args.output_dir):
                 draw_architecture(model, staging.path / DIAGRAM_FILE)
                 draw_figures(staging.path, history, report, data.x_test, data.y_test, probabilities,
                              calibration["temperature"])

@@ -59,7 +59,7 @@ def replace_failing(at: int, lasting: bool = False):
 def publish_new_outputs(out: Path, without: set[str] = set(), tensorboard: bool = False) -> None:
     """What a run does once it has made its outputs (all, or all but those `without`; and TensorBoard's
     logs): stage them, and move them into place."""
-    with train.Staging(out) as staging, train.writing_to(out):
+    with train.Staging(out) as staging, train.write_errors_named(out):
         for name in OUTPUTS - without:
             (staging.path / name).write_bytes(f"new {name}".encode())
         if tensorboard:
@@ -352,7 +352,7 @@ def test_the_report_speaks_in_words_and_percent(capsys):
     labels = np.array([0, 0, 1])
     probabilities = np.eye(10)[[0, 1, 1]]  # one 0 read as 1; no 2s to count at all
     history = {"accuracy": [0.5], "val_accuracy": [0.5]}
-    train.print_results(history, train.test_report(probabilities, labels))
+    train.print_results(history, train.evaluation_report(probabilities, labels))
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "Most confused: 0 -> 1: 1 time"
     assert out[6].split() == ["2", "n/a", "n/a", "0"]

@@ -25,7 +25,7 @@ CONFIDENCE = [0.9, 0.6, 0.8, 0.9, 0.95, 0.7, 0.99, 0.5, 0.9, 0.8]
 
 @pytest.fixture(scope="module")
 def report():
-    return train.test_report(one_hot_guesses(PREDICTED, CONFIDENCE), LABELS)
+    return train.evaluation_report(one_hot_guesses(PREDICTED, CONFIDENCE), LABELS)
 
 
 def test_confusion_matrix_has_true_digits_on_rows(report):
@@ -75,7 +75,7 @@ def test_figures_are_drawn_even_with_no_mistakes(tmp_path):
     labels = np.array([1, 2, 3])
     probabilities = one_hot_guesses([1, 2, 3], [0.9, 0.9, 0.9])
     history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "val_loss": [0.4, 0.35], "val_accuracy": [0.85, 0.88]}
-    train.draw_figures(tmp_path, history, train.test_report(probabilities, labels), images, labels, probabilities,
+    train.draw_figures(tmp_path, history, train.evaluation_report(probabilities, labels), images, labels, probabilities,
                        temperature=2.0)
     for name in (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE):
         with Image.open(tmp_path / name) as figure:
@@ -96,7 +96,7 @@ def test_the_mistakes_are_titled_with_the_calibrated_confidence_that_predict_pri
     history = {"loss": [0.5], "accuracy": [0.8], "val_loss": [0.4], "val_accuracy": [0.85]}
     labels = np.array([4, 1, 5])
     probabilities = one_hot_guesses([9, 1, 3], [0.99, 0.9, 0.6])  # 99% sure of a wrong 9: 63% calibrated
-    train.draw_figures(tmp_path, history, train.test_report(probabilities, labels),
+    train.draw_figures(tmp_path, history, train.evaluation_report(probabilities, labels),
                        np.zeros((3, 28, 28), np.uint8), labels, probabilities, temperature=2.5)
     assert written[train.MISTAKES_FIGURE] == ["true 4 -> 9 (63%)", "true 5 -> 3 (24%)"]
 
@@ -108,7 +108,7 @@ def test_a_figure_that_fails_is_a_warning(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train, "plot_confusion", broken)
     history = {"loss": [0.5], "accuracy": [0.8], "val_loss": [0.4], "val_accuracy": [0.85]}
     probabilities = one_hot_guesses(PREDICTED, CONFIDENCE)
-    train.draw_figures(tmp_path, history, train.test_report(probabilities, LABELS),
+    train.draw_figures(tmp_path, history, train.evaluation_report(probabilities, LABELS),
                        np.zeros((10, 28, 28), np.uint8), LABELS, probabilities, temperature=2.0)
     assert capsys.readouterr().err.strip() == f"warning: {train.CONFUSION_FIGURE} was not drawn: no fonts"
     assert (tmp_path / train.HISTORY_FIGURE).exists() and (tmp_path / train.MISTAKES_FIGURE).exists()

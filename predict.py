@@ -17,15 +17,14 @@ import argparse
 import json
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, NamedTuple
 
 import numpy as np
 
-from train import (EXIT_ERROR, EXIT_INTERRUPTED, IMAGE_SHAPE, MODEL_FILE, NUM_CLASSES, SEED, TEMPERATURE_ATTRIBUTE,
+from train import (EXIT_ERROR, EXIT_INTERRUPTED, IMAGE_SHAPE, NUM_CLASSES, ONNX_FILE, TEMPERATURE_ATTRIBUTE,
                    OneLineParser, OutputError, calibrated, has_packages, output_dir_problem, run_as_program,
-                   start_tensorflow, stop_as_ctrl_c, tensorflow_chatter_filtered, warn, write_errors_named)
+                   stop_as_ctrl_c, warn, write_errors_named)
 
 # -----------------------------------------------------------------------------
 # How pictures are read: MNIST's own steps, and what a photo needs before them
@@ -632,106 +631,61 @@ def centre_by_mass(digit: np.ndarray, field: int) -> np.ndarray:
 
 
 # -----------------------------------------------------------------------------
-# The model: loaded with its calibration, answering one input at a time or many together
+# The model: model.onnx, run by ONNX Runtime (no TensorFlow), with its calibration
 # -----------------------------------------------------------------------------
-def checked_model_path(path: Path) -> Path:
-    """`path`, if it holds a model; if not, what is wrong in words of our own, not Keras's
-    paragraph about its formats. Checked before seconds are spent starting TensorFlow."""
-    import h5py
-    import zipfile
-
+def onnx_model_path(path: Path) -> Path:
+    """The model.onnx that `path` names: itself, or the one train.py saved beside a model.h5. What is
+    wrong with it, if anything, in one line of our own."""
     if path.is_dir():
         raise ModelError(f"{path}: a folder, not a model file")
-    if not path.is_file():
-        if path == Path(MODEL_FILE):  # the default: say where it was looked for
-            raise ModelError(f"no {MODEL_FILE} in {Path.cwd()}: train one first with: python train.py, "
+    onnx_path = path.with_suffix(".onnx") if path.suffix == ".h5" else path
+    if path.is_file() and not onnx_path.is_file():  # a model.h5 saved before train.py saved model.onnx beside it
+        raise ModelError(f"{path}: no {onnx_path.name} beside it, which predict.py and serve.py run; "
+                         "train again with: python train.py (it saves both)")
+    if not onnx_path.is_file():
+        if path == Path(ONNX_FILE):  # the default: say where it was looked for
+            raise ModelError(f"no {ONNX_FILE} in {Path.cwd()}: train one first with: python train.py, "
                              "or name one with --model PATH")
         raise ModelError(f"{path}: no such model file; train one first with: python train.py")
-    try:
-        keras_format = h5py.is_hdf5(path) or zipfile.is_zipfile(path)
-    except OSError as error:
-        raise ModelError(f"{path}: cannot read the model file ({error.strerror or error})") from None
-    if not keras_format:
-        raise ModelError(f"{path}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)")
-    return path
-
-
-def load_trained_model(path: Path):
-    import h5py
-    import keras
-
-    if path.suffix == ".keras" and h5py.is_hdf5(path):
-        raise ModelError(f"{path}: an HDF5 model (Keras's .h5 format) named .keras; rename it to end in .h5")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # h5py, Keras and zip all raise their own kinds
-        raise ModelError(f"{path}: not a readable Keras model ({error})") from None
-    if model.input_shape != (None, *IMAGE_SHAPE) or model.output_shape != (None, NUM_CLASSES):
-        raise ModelError(f"{path}: this model takes {model.input_shape} and gives {model.output_shape}; "
-                         "expected 28x28 images in and 10 digit probabilities out")
-    return model
-
-
-def model_temperature(path: Path) -> float | None:
-    """The confidence calibration saved with the model by training; None for a model from elsewhere."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as file:
-            value = file.attrs.get(TEMPERATURE_ATTRIBUTE)
-    except OSError:  # not HDF5 (a .keras file): no calibration to read
-        return None
-    return None if value is None else float(value)
+    return onnx_path
 
 
 class Recognizer:
     """A trained model and its confidence calibration: the answers predict.py and serve.py give.
 
-    One instance serves every request thread of serve.py. The model is called by one thread at a
-    time, and a call costs about the same for one input as for dozens, so the thread that calls
-    it takes every input waiting at that moment along: under load, one call answers many requests.
+    One instance serves every request thread of serve.py: ONNX Runtime runs a session from several
+    threads at once. Each call uses one thread: serve.py runs a process per core, and one 28x28 input
+    is far too little work to share out.
     """
 
-    def __init__(self, model_path: Path) -> None:
-        self.model = load_trained_model(model_path)
-        self.temperature = model_temperature(model_path)
-        if self.temperature is None:
-            warn(f"{model_path} holds no confidence calibration (it was not trained by train.py): "
+    def __init__(self, model: Path) -> None:
+        import onnxruntime
+
+        path = onnx_model_path(model)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its notices are not the user's business
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # ONNX Runtime raises its own kinds, with a paragraph, for a file that is not a model
+            raise ModelError(f"{path}: not an ONNX model (train.py saves one as {ONNX_FILE})") from None
+        [given], [answered] = self.session.get_inputs(), self.session.get_outputs()
+        if given.shape[1:] != list(IMAGE_SHAPE) or answered.shape[1:] != [NUM_CLASSES]:
+            shapes = ["x".join(str(size) if isinstance(size, int) else "N" for size in tensor.shape)
+                      for tensor in (given, answered)]
+            raise ModelError(f"{path}: this model takes {shapes[0]} inputs and gives {shapes[1]}; "
+                             "expected 28x28 images in and 10 digit probabilities out")
+        self.input_name = given.name
+        temperature = self.session.get_modelmeta().custom_metadata_map.get(TEMPERATURE_ATTRIBUTE)
+        self.temperature = 1.0 if temperature is None else float(temperature)
+        if temperature is None:
+            warn(f"{path} holds no confidence calibration (it was not trained by train.py): "
                  "the confidence printed is the model's own, often too sure")
-        self.model_lock = threading.Lock()
-        self.waiting_lock = threading.Lock()
-        self.waiting: list[dict] = []
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """The calibrated probabilities of the ten digits for one 28x28 input, computed together
-        with any other inputs waiting."""
-        request = {"image": image}
-        with self.waiting_lock:
-            self.waiting.append(request)
-        with self.model_lock:
-            if "row" not in request and "error" not in request:  # nobody has taken it along yet: take everything waiting
-                with self.waiting_lock:
-                    batch, self.waiting = self.waiting, []
-                self.answer_together(batch)
-        if "error" in request:
-            raise request["error"]
-        return request["row"]
-
-    def answer_together(self, batch: list[dict]) -> None:
-        """Each waiting request's row, in one call; if that call fails, each input alone, so that only
-        the inputs that fail get the error."""
-        try:
-            rows = calibrated(self.model.predict_on_batch(np.stack([waiting["image"] for waiting in batch])),
-                              self.temperature or 1.0)
-        except Exception as error:
-            if len(batch) == 1:
-                batch[0]["error"] = error
-                return
-            for waiting in batch:
-                self.answer_together([waiting])
-            return
-        for waiting, row in zip(batch, rows):
-            waiting["row"] = row
+        """The calibrated probabilities of the ten digits for one 28x28 input."""
+        [raw] = self.session.run(None, {self.input_name: image[np.newaxis].astype(np.float32)})
+        return calibrated(raw[0], self.temperature)
 
 
 def answer(row: np.ndarray, notes: list[str]) -> dict:
@@ -765,8 +719,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("pictures", nargs="+", type=picture_path, metavar="IMAGE",
                         help="pictures of single digits (PNG, JPEG, GIF, BMP, TIFF or WebP), "
                              "or folders: every picture directly in them")
-    parser.add_argument("--model", type=Path, default=Path(MODEL_FILE), metavar="PATH",
-                        help="the model train.py saved (default: %(default)s, in the current folder)")
+    parser.add_argument("--model", type=Path, default=Path(ONNX_FILE), metavar="PATH",
+                        help="the model train.py saved: its model.onnx, or the model.h5 beside it "
+                             "(default: %(default)s, in the current folder)")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="one line per picture in words, or one JSON object per picture "
                              "(default: %(default)s)")
@@ -824,12 +779,8 @@ def save_preprocessed(reading: Reading, path: Path, folder: Path, used: set[str]
 
 def predict(args: argparse.Namespace) -> int:
     """Read each picture in order, saying each answer as soon as it is known (so a long folder
-    shows its progress, and an interrupted one keeps what it said); 1 if any picture could not be read.
-
-    TensorFlow starts with the first picture that holds a digit: a batch of bad files is told at once.
-    """
-    model_path = checked_model_path(args.model)
-    recognizer, failed, saved_names = None, False, set()
+    shows its progress, and an interrupted one keeps what it said); 1 if any picture could not be read."""
+    recognizer, failed, saved_names = Recognizer(args.model), False, set()
     for path in pictures_in(args.pictures):
         try:
             reading = read_digit(*open_picture(path))
@@ -840,9 +791,6 @@ def predict(args: argparse.Namespace) -> int:
             else:
                 print(f"{path}: error: {error}", file=sys.stderr)
             continue
-        if recognizer is None:
-            start_tensorflow(SEED)
-            recognizer = Recognizer(model_path)
         row = recognizer.probabilities(reading.image)
         if args.format == "json":
             print(json.dumps({"path": str(path), **answer(row, reading.notes)}))
@@ -856,12 +804,11 @@ def predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not has_packages(("tensorflow", "keras", "h5py", "PIL", "scipy")):
+    if not has_packages(("onnxruntime", "PIL", "scipy")):
         return EXIT_ERROR
     stop_as_ctrl_c()
     try:
-        with tensorflow_chatter_filtered():
-            return predict(args)
+        return predict(args)
     except (ModelError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

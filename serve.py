@@ -27,11 +27,9 @@ from typing import Iterator
 
 import numpy as np
 
-from predict import (ModelError, PictureError, Recognizer, answer, checked_model_path, picture_from,
-                     read_digit)
-from train import (EXIT_ERROR, IMAGE_SHAPE, METRICS_FILE, MODEL_FILE, SEED, OneLineParser, has_packages,
-                   run_as_program, start_tensorflow, stop_as_ctrl_c, tensorflow_chatter_filtered, warn,
-                   whole_number)
+from predict import ModelError, PictureError, Recognizer, answer, onnx_model_path, picture_from, read_digit
+from train import (EXIT_ERROR, IMAGE_SHAPE, METRICS_FILE, ONNX_FILE, OneLineParser, has_packages, run_as_program,
+                   stop_as_ctrl_c, warn, whole_number)
 
 # -----------------------------------------------------------------------------
 # Settings: a user may change the first three on the command line
@@ -49,7 +47,7 @@ SERVE_LINGER_SECONDS = 1  # after an early answer, what the client still sends i
 USABLE_CORES = (os.process_cpu_count() if hasattr(os, "process_cpu_count")  # 3.13+: affinity and quotas
                 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
 SERVE_PROCESSES = min(USABLE_CORES, 4)  # processes answering requests, each with its own model ...
-MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes (each holds its own TensorFlow)
+MAX_SERVE_PROCESSES = 32  # ... and the most --processes takes
 SERVE_BACKLOG = 128  # connections waiting to be accepted: a classroom connecting at once is queued
 PAGE_FILE = "draw.html"  # the drawing page, beside this script
 
@@ -400,18 +398,16 @@ def serve(args: argparse.Namespace) -> int:
     (the interpreter's lock), so --processes processes share the listening socket, each with
     the model loaded once: the system hands each new connection to one that is waiting.
     """
-    model_path = checked_model_path(args.model)
+    model_path = onnx_model_path(args.model)
     page, policy = page_with_policy(model_path)
     listener = listening_socket(args.host, args.port)
     announce(listener)  # before any process answers: whoever is answered has been told where
     names = served_names(args.host)
-    # Helpers start before this process's stderr filter, so that none of them holds its pipe open.
     helpers = [start_helper(listener, model_path, page, policy, args.quiet, names)
                for _ in range(args.processes - 1)]
     stopped = False
     try:
-        with tensorflow_chatter_filtered():
-            answering_server(listener, model_path, page, policy, args.quiet, names).serve_forever()
+        answering_server(listener, model_path, page, policy, args.quiet, names).serve_forever()
     except KeyboardInterrupt:
         stopped = True
     finally:
@@ -476,9 +472,8 @@ def listening_socket(host: str, port: int):
 
 def answering_server(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
     """An HTTP server on the shared socket, with this process's own copy of the model, ready to answer."""
-    start_tensorflow(SEED)
     recognizer = Recognizer(model_path)
-    recognizer.probabilities(np.zeros(IMAGE_SHAPE, np.float32))  # the first call compiles: do it now
+    recognizer.probabilities(np.zeros(IMAGE_SHAPE, np.float32))  # the first call sets up: do it now
     return http_server(listener, make_handler(recognizer, page, policy, quiet, names))
 
 
@@ -516,7 +511,7 @@ def http_server(listener, handler, connections: int = SERVE_CONNECTIONS):
 
 
 def start_helper(listener, model_path: Path, page: bytes, policy: str, quiet: bool, names: frozenset[str]):
-    """Another serving process: a fresh interpreter (TensorFlow does not survive a fork).
+    """Another serving process: a fresh interpreter (a fork would copy this one's threads' locks mid-use).
 
     Ctrl-C reaches every process of the terminal; stopping is the first process's to do, so the
     helper starts with it blocked and then ignores it.
@@ -546,7 +541,7 @@ def help_serving(listener, model_path: Path, page: bytes, policy: str, quiet: bo
     # Killed outright, the first process cannot stop its helpers: they leave as soon as it is gone.
     parent = multiprocessing.parent_process()
     threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
-    with contextlib.suppress(ModelError), tensorflow_chatter_filtered():  # a bad model: the first process says so
+    with contextlib.suppress(ModelError):  # a bad model: the first process says so
         answering_server(listener, model_path, page, policy, quiet, names).serve_forever()
 
 
@@ -558,8 +553,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="serve.py",
         allow_abbrev=False,
         description="Serve a page where you draw digits and see the model train.py saved read them.")
-    parser.add_argument("--model", type=Path, default=Path(MODEL_FILE), metavar="PATH",
-                        help="the model train.py saved (default: %(default)s, in the current folder)")
+    parser.add_argument("--model", type=Path, default=Path(ONNX_FILE), metavar="PATH",
+                        help="the model train.py saved: its model.onnx, or the model.h5 beside it "
+                             "(default: %(default)s, in the current folder)")
     parser.add_argument("--host", default=SERVE_HOST, metavar="ADDR",
                         help="address to serve on; 0.0.0.0 lets other computers in (default: %(default)s)")
     parser.add_argument("--port", type=whole_number(0, 65535), default=SERVE_PORT, metavar="N",
@@ -573,11 +569,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not has_packages(("tensorflow", "keras", "h5py", "PIL", "scipy")):
+    if not has_packages(("onnxruntime", "PIL", "scipy")):
         return EXIT_ERROR
     stop_as_ctrl_c()
     try:
-        return serve(args)  # each of its processes filters its own stderr
+        return serve(args)
     except (ModelError, ServeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -66,6 +67,7 @@ LR_SCHEDULE = "cosine"
 EVAL_BATCH_SIZE = 1024  # testing only: the batch size does not change the result
 
 MODEL_FILE = "model.h5"
+ONNX_FILE = "model.onnx"  # the same model for ONNX Runtime: what predict.py and serve.py run
 DIAGRAM_FILE = "model_architecture.png"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -74,7 +76,7 @@ HISTORY_FIGURE = "training_history.png"
 CONFUSION_FIGURE = "confusion_matrix.png"
 MISTAKES_FIGURE = "misclassified.png"
 TENSORBOARD_DIR = "logs"
-OUTPUT_FILES = (MODEL_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FIGURE, CONFUSION_FIGURE,
+OUTPUT_FILES = (MODEL_FILE, ONNX_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FIGURE, CONFUSION_FIGURE,
                 MISTAKES_FIGURE)
 
 TEMPERATURE_ATTRIBUTE = "confidence_temperature"  # model.h5's attribute holding the calibration
@@ -1133,6 +1135,29 @@ def save_model(model, path: Path, temperature: float) -> None:
         file.attrs[TEMPERATURE_ATTRIBUTE] = temperature
 
 
+def save_onnx(model, path: Path, temperature: float) -> None:
+    """model.onnx, through Keras's own export, with the confidence calibration in its metadata: the
+    model predict.py and serve.py run without TensorFlow. One that cannot be made is a warning
+    that says why; model.h5 is saved all the same."""
+    missing = [package for package in ("onnx", "tf2onnx") if importlib.util.find_spec(package) is None]
+    try:
+        if missing:
+            raise ImportError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+                              "pip install -r requirements.txt")
+        import onnx
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # tf2onnx's notices
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(path), format="onnx", verbose=False)
+        exported = onnx.load(path)
+        onnx.helper.set_model_props(exported, {TEMPERATURE_ATTRIBUTE: repr(temperature)})
+        onnx.save(exported, path)
+    except Exception as error:  # tf2onnx and onnx raise their own kinds
+        path.unlink(missing_ok=True)
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+        warn(f"{ONNX_FILE}, which predict.py and serve.py run, was not saved ({MODEL_FILE} was): {why}")
+
+
 def metrics_report(args: argparse.Namespace, source: str, history: dict, report: dict, calibration: dict,
                    wall_seconds: float, fit_seconds: float) -> dict:
     import keras
@@ -1204,6 +1229,7 @@ def run(args: argparse.Namespace, started: float) -> None:
                 draw_figures(staging.path, history, report, data.x_test, data.y_test, probabilities,
                              calibration["temperature"])
                 save_model(model, staging.path / MODEL_FILE, calibration["temperature"])
+                save_onnx(model, staging.path / ONNX_FILE, calibration["temperature"])
                 wall_seconds = time.perf_counter() - started
                 write_json(staging.path / METRICS_FILE,
                            metrics_report(args, mnist.source, history, report, calibration,

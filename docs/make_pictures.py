@@ -67,8 +67,7 @@ def pen_figure(model: Path, data: Path, path: Path) -> None:
     photo = save(picture, DOCS / "pen-photo-input.jpg")
     reading = predict.read_digit(predict.load_picture(photo))
     photo.unlink()
-    train.start_tensorflow(0)
-    row = predict.Recognizer(model).probabilities([reading.image])[0]
+    row = predict.Recognizer(model).probabilities(reading.image)
     shown = picture.copy()
     shown.thumbnail((420, 420))
     seen = Image.fromarray(np.uint8(255 * reading.image)).resize((shown.height, shown.height), Image.Resampling.NEAREST)

@@ -130,6 +130,20 @@ def model_file(trained) -> Path:
     return trained[1] / "model.h5"
 
 
+def keras_answers(model_h5: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """What the Keras model in `model_h5` answers for `images` (N, 28, 28), its own probabilities,
+    and the temperature train.py saved with it: what the model.onnx beside it must answer."""
+    import h5py
+    import keras
+
+    import train
+
+    model = keras.models.load_model(model_h5, compile=False)
+    with h5py.File(model_h5, "r") as file:
+        temperature = float(file.attrs[train.TEMPERATURE_ATTRIBUTE])
+    return model.predict(images, verbose=0, batch_size=1024), temperature
+
+
 @pytest.fixture
 def placeholder_figures(monkeypatch) -> None:
     """For the tests about anything but the figures: they are placeholders, which spares the

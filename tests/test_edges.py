@@ -316,14 +316,21 @@ def test_an_old_command_line_with_predict_or_serve_is_told_the_new_command(argv,
 ])
 def test_a_model_path_that_is_not_a_model_file_is_said_so(make, message, tmp_path):
     with pytest.raises(predict.ModelError, match=message):
-        predict.checked_model_path(make(tmp_path / "model.h5"))
+        predict.onnx_model_path(make(tmp_path / "model.h5"))
 
 
-def test_an_hdf5_model_named_keras_is_said_so(model_file, tmp_path):
-    renamed = tmp_path / "model.keras"
-    renamed.write_bytes(model_file.read_bytes())
-    with pytest.raises(predict.ModelError, match=r"an HDF5 model \(Keras's .h5 format\) named .keras; rename it"):
-        predict.load_trained_model(renamed)
+def test_an_onnx_model_of_another_shape_is_refused_in_words(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Flatten", ["image"], ["flat"])], "flat",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 28, 28])],
+                              [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", 784])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), tmp_path / "flat.onnx")
+    with pytest.raises(predict.ModelError) as refused:
+        predict.Recognizer(tmp_path / "flat.onnx")
+    assert str(refused.value) == (f"{tmp_path / 'flat.onnx'}: this model takes Nx28x28 inputs and gives Nx784; "
+                                  "expected 28x28 images in and 10 digit probabilities out")
 
 
 def test_data_that_is_not_a_regular_file_is_said_so(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 
 import predict
 import train
-from conftest import ROOT, predict_here
+from conftest import ROOT, keras_answers, predict_here
 
 
 def read(grey: np.ndarray) -> np.ndarray:
@@ -184,7 +185,7 @@ def test_all_good_pictures_exit_0_and_preprocessed_inputs_are_saved(model_file, 
             assert image.size == (28, 28) and image.mode == "L"
 
 
-def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
+def test_a_missing_model_is_one_line(tmp_path):
     picture = tmp_path / "digit.png"
     Image.fromarray(drawn_digit()).save(picture)
     probe = ("import sys, predict\n"
@@ -197,14 +198,51 @@ def test_a_missing_model_is_one_line_before_tensorflow_starts(tmp_path):
 
 
 def test_a_file_that_is_not_a_model_is_one_line(tmp_path):
-    fake = tmp_path / "model.h5"
+    fake = tmp_path / "model.onnx"
     fake.write_text("not a model")
     picture = tmp_path / "digit.png"
     Image.fromarray(drawn_digit()).save(picture)
     done = predict_here(picture, "--model", fake)
     assert done.returncode == 1
-    assert done.stderr.startswith(f"error: {fake}: not a readable Keras model")
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert done.stderr == f"error: {fake}: not an ONNX model (train.py saves one as model.onnx)\n"
+
+
+def test_a_model_h5_without_its_model_onnx_says_how_to_get_one(model_file, tmp_path):
+    shutil.copy(model_file, tmp_path / "model.h5")  # as a model saved before train.py saved model.onnx
+    Image.fromarray(drawn_digit()).save(tmp_path / "digit.png")
+    done = predict_here(tmp_path / "digit.png", "--model", tmp_path / "model.h5")
+    assert done.returncode == 1
+    assert done.stderr == (f"error: {tmp_path / 'model.h5'}: no model.onnx beside it, which predict.py and serve.py "
+                           "run; train again with: python train.py (it saves both)\n")
+
+
+def test_either_file_of_the_pair_names_the_same_model(model_file, tmp_path):
+    Image.fromarray(drawn_digit()).save(tmp_path / "digit.png")
+    by_h5 = predict_here(tmp_path / "digit.png", "--model", model_file, "--format", "json")
+    by_onnx = predict_here(tmp_path / "digit.png", "--model", model_file.with_suffix(".onnx"), "--format", "json")
+    assert by_h5.returncode == 0 and by_h5.stdout == by_onnx.stdout
+
+
+def test_reading_pictures_never_imports_tensorflow(model_file, tmp_path):
+    Image.fromarray(drawn_digit()).save(tmp_path / "digit.png")
+    probe = ("import sys, predict\n"
+             f"code = predict.main([{str(tmp_path / 'digit.png')!r}, '--model', {str(model_file)!r}])\n"
+             "print(code, sorted({'tensorflow', 'keras', 'onnxruntime'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == "0 ['onnxruntime']", done.stderr
+
+
+def test_model_onnx_gives_the_keras_models_answers_on_all_of_mnists_test_digits(model_file, real_mnist):
+    with np.load(real_mnist) as data:
+        images = (data["x_test"] / 255.0).astype(np.float32)
+    raw, temperature = keras_answers(model_file, images)
+    recognizer = predict.Recognizer(model_file)
+    [onnx_raw] = recognizer.session.run(None, {recognizer.input_name: images})
+    assert (onnx_raw.argmax(axis=1) == raw.argmax(axis=1)).all()
+    np.testing.assert_allclose(onnx_raw, raw, rtol=0, atol=1e-5)
+    assert recognizer.temperature == temperature
+    printed = np.stack([recognizer.probabilities(image) for image in images])  # what predict.py and serve.py give
+    np.testing.assert_allclose(printed, train.calibrated(raw, temperature), rtol=0, atol=1e-5)
 
 
 def test_predictions_match_the_original_digits(model_file, real_mnist, tmp_path):
@@ -282,7 +320,7 @@ def test_a_model_that_is_not_a_model_is_one_line_of_our_own(tmp_path):
     readme = ROOT / "README.md"
     done = predict_here(tmp_path / "seven.png", "--model", readme)
     assert done.returncode == 1
-    assert done.stderr == f"error: {readme}: not a readable Keras model (a model is a .h5 or .keras file saved by Keras)\n"
+    assert done.stderr == f"error: {readme}: not an ONNX model (train.py saves one as model.onnx)\n"
 
 
 def test_a_web_address_is_said_not_to_be_read_as_it_was_typed(capsys):
@@ -344,10 +382,9 @@ def test_each_answer_is_said_as_soon_as_known_and_an_interrupted_batch_keeps_the
     assert sorted(path.name for path in (tmp_path / "seen").iterdir()) == ["a.png", "b.png"]
 
 
-def test_pictures_that_hold_no_digit_are_told_without_starting_tensorflow(model_file, tmp_path, monkeypatch):
+def test_pictures_that_hold_no_digit_are_told_so(model_file, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
-    monkeypatch.setattr(predict, "start_tensorflow", lambda seed: pytest.fail("TensorFlow started for no digit"))
     done = predict_here(tmp_path / "empty.png", tmp_path / "blank.png", "--model", model_file)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"{tmp_path / 'empty.png'}: error: file is empty",
@@ -360,5 +397,5 @@ def test_without_a_model_in_the_folder_the_error_says_where_it_looked_and_how_to
     monkeypatch.chdir(tmp_path / "elsewhere")
     done = predict_here(tmp_path / "seven.png")
     assert done.returncode == 1
-    assert done.stderr == (f"error: no model.h5 in {(tmp_path / 'elsewhere').resolve()}: train one first with: "
+    assert done.stderr == (f"error: no model.onnx in {(tmp_path / 'elsewhere').resolve()}: train one first with: "
                            "python train.py, or name one with --model PATH\n")

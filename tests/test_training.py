@@ -16,7 +16,7 @@ import pytest
 import train
 from conftest import TRAIN, is_png, run_here, run_train
 
-OUTPUTS = {train.MODEL_FILE, train.DIAGRAM_FILE, train.METRICS_FILE, train.HISTORY_FILE,
+OUTPUTS = {train.MODEL_FILE, train.ONNX_FILE, train.DIAGRAM_FILE, train.METRICS_FILE, train.HISTORY_FILE,
            train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE}
 FIGURES = (train.HISTORY_FIGURE, train.CONFUSION_FIGURE, train.MISTAKES_FIGURE)
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
@@ -150,6 +150,34 @@ def test_without_graphviz_the_run_warns_once_and_still_saves(synthetic_npz, tmp_
     assert len(warnings) == 1 and warnings[0].startswith("warning: Graphviz's 'dot' program was not found")
     assert "apt-get install graphviz" in warnings[0]
     assert {p.name for p in out.iterdir()} == OUTPUTS - {train.DIAGRAM_FILE}
+
+
+def test_without_tf2onnx_the_run_warns_and_saves_model_h5_but_no_earlier_model_onnx(synthetic_npz, tmp_path,
+                                                                                   no_learning, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / train.ONNX_FILE).write_bytes(b"an earlier run's model.onnx")
+    find_spec = train.importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *rest: None if name == "tf2onnx"
+                        else find_spec(name, *rest))
+    done = run_here("--data", synthetic_npz, "--epochs", "1", "--output-dir", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: model.onnx, which predict.py and serve.py run, was not saved (model.h5 was): "
+        "tf2onnx is not installed; pip install -r requirements.txt",
+        "warning: the earlier model.onnx was removed, as this run did not make one: the outputs are all one run's"]
+    assert {p.name for p in out.iterdir()} == OUTPUTS - {train.ONNX_FILE}
+
+
+def test_model_onnx_holds_the_temperature_model_h5_holds(smoke):
+    import h5py
+    import onnx
+
+    _, out = smoke
+    with h5py.File(out / train.MODEL_FILE, "r") as file:
+        temperature = float(file.attrs[train.TEMPERATURE_ATTRIBUTE])
+    properties = {entry.key: entry.value for entry in onnx.load(out / train.ONNX_FILE).metadata_props}
+    assert float(properties[train.TEMPERATURE_ATTRIBUTE]) == temperature
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke, synthetic_npz, tmp_path,

@@ -241,6 +241,16 @@ def report(name: str, clients: int, seconds: float, latencies: list[float], erro
     print(f"  server memory (resident): {before:.0f} MiB before, {after:.0f} MiB after, growth {after - before:+.1f} MiB")
 
 
+def wait_for_first_answer(port: int, body: bytes) -> None:
+    """Return once the server has answered a drawing (it listens, and says so, before it can answer)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.request("POST", "/predict", body, {"Content-Type": "image/png"})
+    assert connection.getresponse().status == 200
+    connection.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("model.h5"), help="the trained model (default: model.h5)")
@@ -252,16 +262,20 @@ def main() -> int:
     if not args.model.is_file():
         parser.error(f"--model: {args.model} is not a file; train one first with: python train.py")
 
+    bodies = drawings(50, np.random.default_rng(0))
+    started = time.perf_counter()
     server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--port", "0", "--quiet",
                                "--model", str(args.model)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = server.stdout.readline()
         port = int(re.search(r":(\d+)/", line).group(1))
-        bodies = drawings(50, np.random.default_rng(0))
+        wait_for_first_answer(port, bodies[0])
+        first_answer = time.perf_counter() - started
         random.seed(0)  # the paced clients' starting moments
         run_clients(port, 4, WARM_UP, bodies)
         processes = serving_processes(server.pid)
-        print(f"server: {len(processes)} processes answering")
+        print(f"server: {len(processes)} processes answering, {resident_mib(processes) / len(processes):.0f} MiB "
+              f"resident each after warming up; start-up to the first answer {first_answer:.2f} s")
         phases = (("paced as the page paces itself (one request per 150 ms per client at most)", PAGE_PACE),
                   ("paced at 250 requests a second in all (one per 120 ms per client)", GOAL_PACE),
                   ("as fast as answers come back", 0.0))

@@ -8,7 +8,8 @@ Makes a 12-megapixel JPEG of a ballpoint digit on ruled paper, then alternately 
 fresh process: `python predict.py photo.jpg`, and a process that reads the photo the same way
 (predict.read_digit) but classifies it with TensorFlow and Keras loading model.h5, as predict.py
 did before it ran model.onnx. Prints wall time and peak resident memory of every run, the medians
-and their ratios. Run by hand: it asserts nothing, because timings on a shared machine are
+and their ratios; then what one call of the model costs with one thread and with ONNX Runtime's
+default thread pool (with a process per core, more threads per call only compete). Run by hand: it asserts nothing, because timings on a shared machine are
 figures to read, not to test.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +66,23 @@ def one_photo(folder: Path) -> Path:
     return path
 
 
+def microseconds_per_input(model: Path, threads: int, calls: int = 5000) -> tuple[float, float]:
+    """Wall and CPU microseconds per call of a session on one input, with `threads` threads (0: its default)."""
+    import numpy as np
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    image = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 28, 28), np.float32)}
+    for _ in range(200):  # warm up
+        session.run(None, image)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        session.run(None, image)
+    return 1e6 * (time.perf_counter() - wall) / calls, 1e6 * (time.process_time() - cpu) / calls
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("model.h5"),
@@ -94,6 +113,9 @@ def main() -> int:
         print(f"{name}: median wall {wall:.2f} s, median peak {peak:.0f} MiB")
     (ours_wall, ours_peak), (tf_wall, tf_peak) = medians.values()
     print(f"predict.py against TensorFlow: {tf_wall / ours_wall:.1f}x faster, {tf_peak / ours_peak:.1f}x less memory")
+    for threads, name in ((1, "one thread (as predict.py and serve.py run it)"), (0, "ONNX Runtime's default threads")):
+        wall, cpu = microseconds_per_input(args.model.with_suffix(".onnx"), threads)
+        print(f"one 28x28 input, {name}: {wall:.1f} us, {cpu:.1f} us of CPU")
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
     return 0
 

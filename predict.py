@@ -55,7 +55,7 @@ DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its bri
 PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
 RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
 RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
-RULED_LINE_GAP = 4  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
+RULED_LINE_GAP = 6  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
 LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
 MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
@@ -422,7 +422,10 @@ def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     pooled = thin[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
     if bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE:  # no line can cross this few columns
         return np.zeros_like(strokes)
-    pooled = bridged(pooled, RULED_LINE_GAP)
+    near = pooled.copy()  # a slanting line may climb a row in a gap: the rows beside a dash bridge it too
+    near[1:] |= pooled[:-1]
+    near[:-1] |= pooled[1:]
+    pooled = bridged(near, RULED_LINE_GAP)
     ahead, behind = path_lengths(pooled), path_lengths(pooled[:, ::-1])[:, ::-1]
     on_line = (ahead + behind - 1 >= RULED_LINE * columns)
     line = thin & expand_columns(on_line, pool, width)

@@ -33,13 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
+import keras
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import predict  # noqa: E402
 import train  # noqa: E402
-from pen_photos import BLANK_PAGES, blank_page, centre_line, pen_photo, save, write_digit  # noqa: E402
+from pen_photos import BLANK_PAGES, blank_page, centre_line, noise_around_128, pen_photo, save, write_digit  # noqa: E402
 
 FORMATS = ["PNG", "JPEG", "BMP", "GIF", "TIFF"]
 TIMING_ROUNDS = 10
@@ -153,7 +155,7 @@ def on_desk(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
     width, height = (round(side / rng.uniform(*DESK_SHARE)) for side in picture.size)
     width, height = max(width, page.width), max(height, page.height)
     base = rng.uniform(25, 90)  # the wood's brightness, and its grain along the planks
-    grain = np.asarray(Image.effect_noise((max(1, width // 48), max(1, height // 6)), 12).resize(
+    grain = np.asarray(Image.fromarray(noise_around_128((max(1, height // 6), max(1, width // 48)), 12, rng)).resize(
         (width, height), Image.Resampling.BILINEAR), np.float32) - 128
     desk = np.stack([base * 1.3 + grain, base + 0.8 * grain, base * 0.6 + 0.5 * grain], axis=-1)
     frame = Image.fromarray(np.uint8(np.clip(desk, 0, 255)), "RGB")
@@ -328,8 +330,9 @@ def main() -> int:
     rows = made_pictures(folder, args.data, args.count, args.seed)
     made_in = time.perf_counter() - started
     train.start_tensorflow(args.seed)
-    model = predict.load_trained_model(args.model)
-    temperature = predict.model_temperature(args.model) or 1.0
+    model = keras.models.load_model(args.model, compile=False)  # the model.onnx beside it gives the same answers
+    with h5py.File(args.model, "r") as file:
+        temperature = float(file.attrs.get(train.TEMPERATURE_ATTRIBUTE, 1.0))
 
     started = time.perf_counter()
     inputs, refused = our_inputs([Path(row["path"]) for row in rows])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import BinaryIO, Callable, NamedTuple
 import numpy as np
 
 from train import (EXIT_ERROR, EXIT_INTERRUPTED, IMAGE_SHAPE, NUM_CLASSES, ONNX_FILE, TEMPERATURE_ATTRIBUTE,
-                   OneLineParser, OutputError, calibrated, has_packages, output_dir_problem, run_as_program,
+                   OneLineParser, OutputError, calibrated, has_packages, output_dir_problem,
                    stop_as_ctrl_c, warn, write_errors_named)
 
 # -----------------------------------------------------------------------------
@@ -711,6 +712,8 @@ def picture_path(text: str) -> Path:
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
         raise argparse.ArgumentTypeError(f"{text}: web addresses are not read; download the picture "
                                          "and give the file")
+    if not text:  # Path("") is the current folder
+        raise argparse.ArgumentTypeError("an empty name is not a picture")
     return Path(text)
 
 
@@ -796,9 +799,9 @@ def predict(args: argparse.Namespace) -> int:
             continue
         row = recognizer.probabilities(reading.image)
         if args.format == "json":
-            print(json.dumps({"path": str(path), **answer(row, reading.notes)}))
+            print(json.dumps({"path": str(path), **answer(row, reading.notes)}), flush=True)
         else:
-            print(answer_line(path, row, reading.notes))
+            print(answer_line(path, row, reading.notes), flush=True)
         if args.save_preprocessed is not None:
             with write_errors_named(args.save_preprocessed):
                 save_preprocessed(reading, path, args.save_preprocessed, saved_names)
@@ -821,4 +824,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_as_program(main)
+    try:
+        exit_code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has gone (`| head -1`): stop reading pictures, as Python's documentation says
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        exit_code = EXIT_ERROR
+    sys.exit(exit_code)

@@ -332,6 +332,25 @@ def test_a_web_address_is_said_not_to_be_read_as_it_was_typed(capsys):
                                        "lists the options)\n")
 
 
+def test_an_empty_name_is_not_taken_for_the_current_folder(capsys):
+    with pytest.raises(SystemExit) as stop:
+        predict.parse_args([""])
+    assert stop.value.code == train.EXIT_USAGE
+    assert capsys.readouterr().err.startswith("error: argument IMAGE: an empty name is not a picture")
+
+
+def test_a_reader_that_has_gone_stops_the_reading(model_file, tmp_path):
+    for index in range(30):
+        Image.fromarray(drawn_digit()).save(tmp_path / f"{index:02}.png")
+    reading = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), tmp_path, "--model", model_file,
+                                "--save-preprocessed", tmp_path / "seen"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert reading.stdout.readline().startswith(str(tmp_path / "00.png").encode())
+    reading.stdout.close()  # as `| head -1` does
+    assert reading.wait(timeout=60) == train.EXIT_ERROR and reading.stderr.read() == b""
+    assert len(list((tmp_path / "seen").iterdir())) < 5  # not the other 25 pictures
+
+
 def digit_of_height(size: tuple[int, int], height: int) -> tuple[bytes, int]:
     """A PNG of `size` with a 7 drawn `height` pixels tall (without its pen's round ends), and the
     height of its ink, measured."""

@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(
         prog="train.py",
         allow_abbrev=False,  # --epoch is a typo, not --epochs
-        description="Train a digit classifier on MNIST and save it as model.h5 "
+        description="Train a digit classifier on MNIST and save it as model.h5 and model.onnx "
                     "(python predict.py reads your pictures with it, python serve.py lets you draw).")
     parser.add_argument("--data", type=Path, metavar="PATH",
                         help="local MNIST: a Keras-format mnist.npz, or a folder with the four "

@@ -46,11 +46,15 @@ FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
 NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
 MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
 BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
+DARK_BORDER = 0.75  # a border this much dark is dark paper, however much of the picture is light (a chalk digit)
 PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
 PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
 PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
+DARK_PAGE_PAPER = 0.9  # ... (of a dark page, this share: a bold digit blurred is a dark blob too, but not so full)
+DARK_PAGE_BORDER = 0.05  # ... (and it meets less than this share of the border: not a shadow's corner)
 PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
-FAR_DARKER = 0.5  # ... and what lies around it is less bright than this share of it (not a shadow)
+FAR_DARKER = 0.6  # ... and what lies around it is less bright than this share of it (not a shadow; a desk's grain
+# is lighter in places than its average)
 PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
 DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
 PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
@@ -65,11 +69,13 @@ MAX_MARKS = 50  # only the largest marks are considered
 MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
 STACKED_GAP = 0.35  # ... and so are marks one above the other this close (a 5's flag)
 SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
-FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its size from each edge ...
-FRAME_EDGE_SHARE = 0.9  # ... along at least this share of each of its four edges
+FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its width from its top and bottom, and
+# of its height from its sides (a box turned a little leans out by a share of its length), a quarter deep at most ...
+FRAME_EDGE_SHARE = 0.8  # ... along at least this share of each of its four edges (a turned box's corners are cut)
 SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
-GRAIN = 3  # ... and if as many other marks are at least half its size, it is the paper's grain
 LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
+DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot ...
+GRAIN = 3  # ... and if as many other marks are at least a quarter its size, they are all the paper's grain
 BLANK_PICTURE = "no digit found (the image looks blank)"
 
 
@@ -255,8 +261,9 @@ def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
 def on_the_page(grey: np.ndarray) -> np.ndarray:
     """The picture as dark ink on light paper, with whatever lies around the page (a desk) painted paper.
 
-    A page lying on something far darker is light (see page_on_desk); otherwise the picture's
-    border is paper (a digit cropped close, a blackboard).
+    A page lying on something far darker is light (see page_on_desk), and one lying on something
+    far lighter is dark (a black card on a desk: the same, in the picture's darkness); otherwise
+    the picture's border is paper (a digit cropped close, a blackboard).
     """
     from PIL import Image
 
@@ -264,23 +271,56 @@ def on_the_page(grey: np.ndarray) -> np.ndarray:
     scale = PAGE_VIEW / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     small = np.asarray(Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX), np.float32)
-    page = page_on_desk(small)
-    if page is None:  # light ink on dark paper is turned over: a border dark, and on the dark side of the split
-        border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-        return 1 - grey if np.median(border) < min(0.5, otsu_threshold(small)) else grey
+    page, dark = page_on_desk(small), False
+    if page is None:
+        page, dark = dark_page_on_desk(small), True
+    if page is None:
+        return 1 - grey if light_on_dark(grey, small) else grey
     paper = float(np.median(small[page]))
     inside = np.asarray(Image.fromarray(page.astype(np.float32), "F").resize(
         (width, height), Image.Resampling.BILINEAR)) > 0.5
-    return np.where(inside, grey, paper).astype(np.float32)
+    on_page = np.where(inside, grey, paper).astype(np.float32)
+    return 1 - on_page if dark else on_page
 
 
-def page_on_desk(small: np.ndarray) -> np.ndarray | None:
+def light_on_dark(grey: np.ndarray, small: np.ndarray) -> bool:
+    """Whether the picture is light ink on dark paper: most of its border is dark (below half and on
+    the dark side of the split between light and dark, Otsu's way), and, unless nearly all of it
+    is, so is most of the picture.
+
+    A bold digit cropped to its ink meets the border along its strokes, and the box drawn around
+    it may run down two of its edges: half the border is ink, but the paper is still most of
+    the picture. A chalk digit cropped to its ink may cover most of the picture, but hardly any of
+    the border.
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    split = otsu_threshold(small)
+    dark_border = float((border < min(0.5, split)).mean())
+    return dark_border > 0.5 and (dark_border > DARK_BORDER or float((small < split).mean()) > 0.5)
+
+
+def dark_page_on_desk(small: np.ndarray) -> np.ndarray | None:
+    """Where the page is, less its edge, if the picture shows a dark page (a black card, a slate)
+    lying on something far lighter; else None.
+
+    It is page_on_desk on the picture's darkness (the darkest grey over each pixel's), in which
+    far lighter is what far darker is in its brightness. The page must be nearly all paper (a
+    bold digit blurred on light paper is a dark, roomy blob too) and lie inside the picture (a
+    shadow across a corner of a light page is dark and far darker than the page).
+    """
+    darkest = max(float(small.min()), 1 / 255)
+    return page_on_desk(darkest / np.maximum(small, darkest), DARK_PAGE_PAPER, DARK_PAGE_BORDER)
+
+
+def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, border_share: float = 0.5
+                 ) -> np.ndarray | None:
     """Where the page is, less its edge, if the picture shows a page lying on something far darker; else None.
 
     The page is the largest light region (the picture split into light and dark, Otsu's way)
-    with the ink on it: a roomy rectangle, mostly paper, meeting less than half of the picture's border,
-    while one region less than half as bright (not a shadow) meets more. A chalk digit on a
-    blackboard is light and surrounded too, but is mostly the board between its strokes.
+    with the ink on it: a roomy rectangle, at least `paper_share` of it paper, meeting less than
+    `border_share` of the picture's border, while one region less than FAR_DARKER as bright (not a
+    shadow) meets more than half of it. A chalk digit on a blackboard is light and surrounded
+    too, but is mostly the board between its strokes.
     """
     from scipy import ndimage
 
@@ -291,12 +331,12 @@ def page_on_desk(small: np.ndarray) -> np.ndarray | None:
     largest = labels == np.bincount(labels.ravel())[1:].argmax() + 1
     around, _ = ndimage.label(~light & (small < FAR_DARKER * np.median(small[largest])))
     edge, around_edge = (np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]) for a in (largest, around))
-    if edge.mean() >= 0.5 or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
+    if edge.mean() >= border_share or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
         return None
     page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
     rows, columns = np.nonzero(page)
     room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1
-    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < PAGE_PAPER * page.sum()
+    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < paper_share * page.sum()
             or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1):
         return None
     page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
@@ -484,14 +524,17 @@ def without_frames(strokes: np.ndarray) -> np.ndarray:
     kept = strokes.copy()
     for number, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
         mark = labels[rows, columns] == number
-        band = max(2, round(FRAME_BAND * min(mark.shape)))
-        if min(mark.shape) < 4 * band:
+        height, width = mark.shape
+        band = max(2, round(FRAME_BAND * min(height, width)))
+        if min(height, width) < 4 * band:
             continue
-        edges = (mark[:band].any(axis=0), mark[-band:].any(axis=0),
-                 mark[:, :band].any(axis=1), mark[:, -band:].any(axis=1))
+        across = min(max(band, round(FRAME_BAND * width)), height // 4)  # rows deep, for the top and bottom edges
+        down = min(max(band, round(FRAME_BAND * height)), width // 4)  # columns deep, for the sides
+        edges = (mark[:across].any(axis=0), mark[-across:].any(axis=0),
+                 mark[:, :down].any(axis=1), mark[:, -down:].any(axis=1))
         if all(edge.mean() >= FRAME_EDGE_SHARE for edge in edges):
             ring = np.ones(mark.shape, bool)
-            ring[band:-band, band:-band] = False
+            ring[across:-across, down:-down] = False
             kept[rows, columns] &= ~(mark & ring)
     return kept if kept.any() else strokes
 
@@ -500,8 +543,9 @@ def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
     """The marks that form the digit, cropped to them, and whether other digit-sized marks were left out.
 
     Marks close together (the parts of a broken pen stroke, a 5's flag) form one group; specks
-    are left out; of several groups, the largest is the digit. If it is smaller than `small`
-    pixels and several others are nearly as large, they are all grain (a noisy blank page).
+    are left out; of several groups, the largest is the digit. If it is a dot (smaller than `small`
+    pixels or than DOT of the picture) and several others are a quarter its size or more, they are
+    all grain (a noisy blank page, what squared paper's lines leave); a dot alone is a tiny digit.
     """
     from scipy import ndimage
 
@@ -518,7 +562,8 @@ def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
     several = any(size[id(group)] >= SEVERAL_MARKS * size[id(chosen)]
                   and bounds([boxes[i] for i in group])[1] - bounds([boxes[i] for i in group])[0] >= height / 2
                   for group in groups[1:])
-    if max(height, right - left) < small and sum(size[id(g)] >= size[id(chosen)] / 2 for g in groups[1:]) >= GRAIN:
+    dot = max(height, right - left) < max(small, DOT * max(strokes.shape))  # grain is dots
+    if dot and sum(size[id(g)] >= size[id(chosen)] / 4 for g in groups[1:]) >= GRAIN:
         raise PictureError(BLANK_PICTURE)
     crop = np.isin(labels[top:bottom, left:right], [i + 1 for i in chosen])
     return crop, several

@@ -62,6 +62,17 @@ def test_a_bold_blurred_digit_cropped_to_its_ink_and_saved_small_is_read(side):
     assert similarity(read(small).image, clean(FOUR)) > 0.8
 
 
+def test_a_bold_digit_cropped_inside_its_box_is_dark_on_light():
+    """Cropped to the digit's ink, the box drawn around it runs down both sides: half the border is dark,
+    but most of the picture is the light paper, and so is the paper."""
+    bold = to_ink(drawn(FOUR, 400, 0.2, paper=215, ink=30))
+    draw = ImageDraw.Draw(bold)
+    for x in (0, bold.width - 8):
+        draw.rectangle([x, 0, x + 8, bold.height], fill=30)
+    small = bold.filter(ImageFilter.GaussianBlur(0.03 * bold.height)).resize((150, 150), Image.Resampling.LANCZOS)
+    assert similarity(read(small).image, clean(FOUR)) > 0.8
+
+
 def test_a_blurry_medium_weight_eight_cropped_to_its_ink_is_one_digit_of_its_full_height():
     medium = drawn([], 300, 0.1, paper=225, ink=40, loops=EIGHT_LOOPS).filter(ImageFilter.GaussianBlur(0.03 * 300))
     small = to_ink(medium).resize((60, 80), Image.Resampling.LANCZOS)
@@ -77,13 +88,14 @@ def test_a_thin_seven_cropped_close_to_its_ink_keeps_its_bar(margin):
     assert similarity(read(seven).image, clean(SEVEN)) > 0.9
 
 
-def desk(page: Image.Image, share: float) -> Image.Image:
-    """The page photographed on a dark wooden desk that shows around it; the page `share` of the frame's side."""
+def desk(page: Image.Image, share: float, wood: int = 60) -> Image.Image:
+    """The page photographed on a dark wooden desk, `wood` bright, that shows around it; the page `share`
+    of the frame's side."""
     rng = np.random.default_rng(0)
     width, height = round(page.width / share), round(page.height / share)
-    wood = 60 + 12 * rng.standard_normal((height // 8, 1)) + 4 * rng.standard_normal((height // 8, width // 8))
-    frame = Image.fromarray(np.uint8(np.clip(wood, 0, 255))).resize((width, height), Image.Resampling.BILINEAR)
-    frame.paste(page.rotate(2, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=60),
+    grain = wood + 12 * rng.standard_normal((height // 8, 1)) + 4 * rng.standard_normal((height // 8, width // 8))
+    frame = Image.fromarray(np.uint8(np.clip(grain, 0, 255))).resize((width, height), Image.Resampling.BILINEAR)
+    frame.paste(page.rotate(2, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=wood),
                 (round(width * 0.05), round(height * 0.08)))
     return frame
 
@@ -93,6 +105,35 @@ def test_a_page_on_a_dark_desk_is_read_as_the_page_alone(share):
     page = Image.new("L", (600, 800), 235)
     page.paste(drawn(SEVEN, 300, 0.03, paper=235), (150, 250))
     assert similarity(read(desk(page, share), "JPEG").image, read(page, "JPEG").image) > 0.9
+
+
+def test_a_page_on_a_desk_less_than_half_as_bright_is_read_as_the_page_alone():
+    """A mid-brown desk, 47% as bright as the page: its lighter grain must not hide that it is far darker."""
+    page = Image.new("L", (600, 800), 235)
+    page.paste(drawn(SEVEN, 300, 0.03, paper=235), (150, 250))
+    assert similarity(read(desk(page, 0.8, wood=110), "JPEG").image, read(page, "JPEG").image) > 0.9
+
+
+def test_a_box_around_a_one_on_a_page_turned_a_little_is_left_out():
+    """A tall box turned 4 degrees: its long sides lean out of a band a tenth of its width deep, and its
+    corners are cut; it is still a box, and what it holds is read as if it were not there."""
+    one = [[(0.55, 0.1), (0.45, 0.9)]]
+
+    def photo(boxed: bool) -> Image.Image:
+        page = Image.new("L", (600, 800), 235)
+        page.paste(drawn(one, 300, 0.01, paper=235), (150, 250))
+        if boxed:
+            ImageDraw.Draw(page).rectangle([225, 220, 375, 580], outline=0, width=3)
+        return page.rotate(4, resample=Image.Resampling.BILINEAR, fillcolor=235)
+
+    assert similarity(read(photo(boxed=True), "JPEG").image, read(photo(boxed=False), "JPEG").image) > 0.9
+
+
+def test_a_black_card_on_a_lighter_desk_is_read_as_the_card_alone():
+    """A chalk 7 on a black card lying on a desk far lighter than it: the card is the page, and dark."""
+    card = Image.new("L", (600, 800), 30)
+    card.paste(drawn(SEVEN, 300, 0.03, paper=30, ink=230), (150, 250))
+    assert similarity(read(desk(card, 0.8, wood=110), "JPEG").image, read(card, "JPEG").image) > 0.9
 
 
 def ruled_page(squared: bool, margin: bool = False) -> Image.Image:
@@ -136,6 +177,16 @@ def test_a_blank_page_with_a_shadow_across_a_corner_has_no_digit():
     """The shadow's edge is darker than the lit paper beside it, but it is no stroke: the shadow goes on beyond it."""
     with pytest.raises(predict.PictureError, match="no digit found"):
         read(shaded_page(), "JPEG")
+
+
+def test_a_blank_page_with_a_few_dots_on_it_has_no_digit():
+    """Dust or ink spots, each 2% of the page's width: dots, not a digit, however dark."""
+    page = Image.new("L", (800, 600), 235)
+    draw = ImageDraw.Draw(page)
+    for x, y in np.random.default_rng(0).uniform((0, 0), (800, 600), (10, 2)):
+        draw.ellipse([x - 8, y - 8, x + 8, y + 8], fill=60)
+    with pytest.raises(predict.PictureError, match="no digit found"):
+        read(page, "JPEG")
 
 
 def test_a_digit_beside_a_shadow_is_read_as_without_it():

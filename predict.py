@@ -28,57 +28,8 @@ from train import (EXIT_ERROR, EXIT_INTERRUPTED, IMAGE_SHAPE, NUM_CLASSES, ONNX_
                    stop_as_ctrl_c, warn, write_errors_named)
 
 # -----------------------------------------------------------------------------
-# How pictures are read: MNIST's own steps, and what a photo needs before them
+# What reading a picture gives, and what can stop it
 # -----------------------------------------------------------------------------
-WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
-PICTURE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # what photos and drawings come in: only these
-# are opened (Pillow would run Ghostscript on an EPS, and each format it reads is code exposed to the file)
-NOT_A_PICTURE_FORMAT = "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"
-EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera was held
-MAX_PICTURE_PIXELS = 60_000_000  # larger pictures are refused: more than any phone's camera takes
-DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
-FIELD = 28  # ... and centred by centre of mass in 28x28
-MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
-STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
-STROKE_STEPS = 7  # halvings in the search for the pen width that matches MNIST's
-MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
-FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
-NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
-MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
-BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
-DARK_BORDER = 0.75  # a border this much dark is dark paper, however much of the picture is light (a chalk digit)
-PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
-PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
-PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
-DARK_PAGE_PAPER = 0.9  # ... (of a dark page, this share: a bold digit blurred is a dark blob too, but not so full)
-DARK_PAGE_BORDER = 0.05  # ... (and it meets less than this share of the border: not a shadow's corner)
-PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
-FAR_DARKER = 0.6  # ... and what lies around it is less bright than this share of it (not a shadow; a desk's grain
-# is lighter in places than its average)
-PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
-DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
-PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
-RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
-RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
-RULED_LINE_GAP = 6  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
-RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
-LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
-MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
-SPECK = 0.02  # marks smaller than this share of the largest one are specks
-MAX_MARKS = 50  # only the largest marks are considered
-MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
-STACKED_GAP = 0.35  # ... and so are marks one above the other this close (a 5's flag)
-SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
-FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its width from its top and bottom, and
-# of its height from its sides (a box turned a little leans out by a share of its length), a quarter deep at most ...
-FRAME_EDGE_SHARE = 0.8  # ... along at least this share of each of its four edges (a turned box's corners are cut)
-SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
-LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
-DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot ...
-GRAIN = 3  # ... and if as many other marks are at least a quarter its size, they are all the paper's grain
-BLANK_PICTURE = "no digit found (the image looks blank)"
-
-
 class PictureError(Exception):
     """One picture cannot be read as a digit; the message says why."""
 
@@ -126,9 +77,19 @@ def open_picture(path: Path) -> Picture:
         raise PictureError(f"cannot read the file ({error.strerror or error})") from None
 
 
+MAX_PICTURE_PIXELS = 60_000_000  # larger pictures are refused: more than any phone's camera takes
+
+
 def decode_picture(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> np.ndarray:
     """Grey levels in [0, 1], at most WORK_SIZE pixels a side (see picture_from)."""
     return picture_from(file, max_pixels).grey
+
+
+WORK_SIZE = 1024  # a picture is shrunk to at most this many pixels a side before it is read
+PICTURE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # what photos and drawings come in: only these
+# are opened (Pillow would run Ghostscript on an EPS, and each format it reads is code exposed to the file)
+NOT_A_PICTURE_FORMAT = "not a PNG, JPEG, GIF, BMP, TIFF or WebP image"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera was held
 
 
 def picture_from(file: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> Picture:
@@ -176,6 +137,15 @@ def over_contrasting_background(rgba) -> np.ndarray:
     return grey * alpha + (0.0 if light_marks else 1.0) * (1 - alpha)
 
 
+DIGIT_BOX = 20  # MNIST digits were scaled to fit 20x20 ...
+FIELD = 28  # ... and centred by centre of mass in 28x28
+MIN_INK_CONTRAST = 0.2  # strokes must stand out from the paper by this much (0-1) to count
+FAINT_CONTRAST = 0.35  # ... and below this much they are noted as very faint
+NOISE_LEVELS = 6  # ... and stand out from the paper's noise by this many of its standard deviations
+SMALL_DIGIT = 16  # a digit fewer pixels tall than this is noted: its shape is a guess
+LITTLE_INK = 40  # ... and so is one of fewer ink pixels than this
+
+
 def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     """The 28x28 input the model needs, made from a picture of one digit as MNIST's were made.
 
@@ -204,6 +174,10 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
         notes.append("very faint")
     digit = fit_in_box(with_mnist_strokes(marks), DIGIT_BOX)
     return Reading(centre_by_mass(digit, FIELD), notes)
+
+
+DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
+PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
 
 
 def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -258,6 +232,17 @@ def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
     return np.maximum(along_rows, down_columns)
 
 
+PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
+PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
+PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
+DARK_PAGE_PAPER = 0.9  # ... (of a dark page, this share: a bold digit blurred is a dark blob too, but not so full)
+DARK_PAGE_BORDER = 0.05  # ... (and it meets less than this share of the border: not a shadow's corner)
+PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
+FAR_DARKER = 0.6  # ... and what lies around it is less bright than this share of it (not a shadow; a desk's grain
+# is lighter in places than its average)
+PAGE_EDGE = 2  # ... and this many of the copy's pixels of its edge are left out
+
+
 def on_the_page(grey: np.ndarray) -> np.ndarray:
     """The picture as dark ink on light paper, with whatever lies around the page (a desk) painted paper.
 
@@ -281,6 +266,9 @@ def on_the_page(grey: np.ndarray) -> np.ndarray:
         (width, height), Image.Resampling.BILINEAR)) > 0.5
     on_page = np.where(inside, grey, paper).astype(np.float32)
     return 1 - on_page if dark else on_page
+
+
+DARK_BORDER = 0.75  # a border this much dark is dark paper, however much of the picture is light (a chalk digit)
 
 
 def light_on_dark(grey: np.ndarray, small: np.ndarray) -> bool:
@@ -376,6 +364,11 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(edges[1 + between.argmax()])
 
 
+MIN_INK_PIXELS = 10  # fewer pixels than this that stand out: a blank picture
+BOLD_INK_SHARE = 0.25  # ink covering more than this share of the picture is left out when the paper is measured
+BLANK_PICTURE = "no digit found (the image looks blank)"
+
+
 def ink_strokes(ink: np.ndarray, between: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The pixels that are pen strokes, those of them that stand out as much against the paper on
     both sides of them (`between`, see ink_map), and how strongly the strokes stand out from the paper (0-1).
@@ -411,6 +404,9 @@ def without_shadow_edges(strokes: np.ndarray, between_paper: np.ndarray) -> np.n
     return kept
 
 
+MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
+
+
 def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     """The strokes less ruled lines: thin straight lines across most of the picture that repeat at a
     spacing (ruled or squared paper) or run well past the rest of the ink on both sides (a margin).
@@ -427,6 +423,10 @@ def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     if kept.sum() < MIN_INK_PIXELS:  # what the lines leave is specks, not a digit
         raise PictureError(BLANK_PICTURE)
     return kept
+
+
+RULED_PAST = 0.1  # a single such line is ruled if it runs past the rest of the ink by this share of its length
+LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less than this over its length
 
 
 def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
@@ -451,6 +451,11 @@ def line_count(lines: np.ndarray) -> int:
     """How many nearly horizontal lines the mask holds: they lie in rows of their own."""
     rows = np.flatnonzero(lines.any(axis=1))
     return len(rows) and 1 + int((np.diff(rows) > 1).sum())
+
+
+RULED_LINE = 0.8  # a line of ink across this share of the picture is ruled paper, not a digit ...
+RULED_LINE_THICKNESS = 0.02  # ... if it is at most this thick, as a share of the picture's longer side,
+RULED_LINE_GAP = 6  # ... and gaps of up to this many 64ths of the width do not break it (a pale line comes out dashed)
 
 
 def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
@@ -513,6 +518,11 @@ def vertical_run_lengths(mask: np.ndarray) -> np.ndarray:
     return sizes[runs]
 
 
+FRAME_BAND = 0.1  # a box drawn around the digit: ink within this share of its width from its top and bottom, and
+# of its height from its sides (a box turned a little leans out by a share of its length), a quarter deep at most ...
+FRAME_EDGE_SHARE = 0.8  # ... along at least this share of each of its four edges (a turned box's corners are cut)
+
+
 def without_frames(strokes: np.ndarray) -> np.ndarray:
     """The strokes less any box drawn around the digit: a mark whose ink runs along all four edges of its bounds.
 
@@ -537,6 +547,13 @@ def without_frames(strokes: np.ndarray) -> np.ndarray:
             ring[across:-across, down:-down] = False
             kept[rows, columns] &= ~(mark & ring)
     return kept if kept.any() else strokes
+
+
+SPECK = 0.02  # marks smaller than this share of the largest one are specks
+MAX_MARKS = 50  # only the largest marks are considered
+SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
+DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot ...
+GRAIN = 3  # ... and if as many other marks are at least a quarter its size, they are all the paper's grain
 
 
 def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
@@ -583,7 +600,7 @@ def group_marks(marks: list[int], boxes) -> list[list[int]]:
         merged = False
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
-                if any(close(boxes[i], boxes[j]) for i in groups[a] for j in groups[b]):
+                if any(parts_of_one_digit(boxes[i], boxes[j]) for i in groups[a] for j in groups[b]):
                     groups[a] += groups.pop(b)
                     merged = True
                     break
@@ -592,7 +609,11 @@ def group_marks(marks: list[int], boxes) -> list[list[int]]:
     return groups
 
 
-def close(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
+MARK_GAP = 0.1  # marks this close, as a share of the larger one's size, are parts of one digit ...
+STACKED_GAP = 0.35  # ... and so are marks one above the other this close (a 5's flag)
+
+
+def parts_of_one_digit(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
     """Whether two marks belong to one digit: nearly touching, or one above the other."""
     gap_rows = max(a[0].start, b[0].start) - min(a[0].stop, b[0].stop)
     gap_columns = max(a[1].start, b[1].start) - min(a[1].stop, b[1].stop)
@@ -608,6 +629,10 @@ def stroke_width(mask: np.ndarray) -> float:
     padded = np.pad(mask, 1)
     outline = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
     return 2 * mask.sum() / max(outline, 1)
+
+
+MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
+STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
 
 
 def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
@@ -629,10 +654,10 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
     if width_in_box(marks) < low:  # thicken: keep every pixel within some distance of the ink
         reach = max(marks.shape) * low / DIGIT_BOX  # more than the widest pen MNIST's range needs
         distance = ndimage.distance_transform_edt(~np.pad(marks, int(reach) + 2))
-        marks = distance <= smallest(lambda r: width_in_box(distance <= r) >= low, reach)
+        marks = distance <= least_that_holds(lambda r: width_in_box(distance <= r) >= low, reach)
     elif width_in_box(marks) > high:  # thin: keep only the pixels deeper inside the ink than some distance
         depth = ndimage.distance_transform_edt(np.pad(marks, 1))
-        thinner = depth > smallest(lambda r: width_in_box(depth > r) <= high, depth.max())
+        thinner = depth > least_that_holds(lambda r: width_in_box(depth > r) <= high, depth.max())
         marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
     rows, columns = np.nonzero(marks)
     return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)
@@ -646,7 +671,10 @@ def width_in_box(marks: np.ndarray) -> float:
     return stroke_width(marks) * DIGIT_BOX / max(rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1)
 
 
-def smallest(holds: Callable[[float], bool], upper: float) -> float:
+STROKE_STEPS = 7  # halvings in the search for the pen width that matches MNIST's
+
+
+def least_that_holds(holds: Callable[[float], bool], upper: float) -> float:
     """The smallest value in [0, upper] for which `holds` is true, which it stays above it (bisection)."""
     low, high = 0.0, upper
     for _ in range(STROKE_STEPS):

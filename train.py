@@ -64,8 +64,6 @@ IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 LR_SCHEDULE = "cosine"
 
-EVAL_BATCH_SIZE = 1024  # testing only: the batch size does not change the result
-
 MODEL_FILE = "model.h5"
 ONNX_FILE = "model.onnx"  # the same model for ONNX Runtime: what predict.py and serve.py run
 DIAGRAM_FILE = "model_architecture.png"
@@ -79,64 +77,17 @@ TENSORBOARD_DIR = "logs"
 OUTPUT_FILES = (MODEL_FILE, ONNX_FILE, DIAGRAM_FILE, METRICS_FILE, HISTORY_FILE, HISTORY_FIGURE, CONFUSION_FIGURE,
                 MISTAKES_FIGURE)
 
-TEMPERATURE_ATTRIBUTE = "confidence_temperature"  # model.h5's attribute holding the calibration
-TEMPERATURE_RANGE = (0.25, 8.0)  # where the calibration's temperature is searched for ...
-TEMPERATURE_STEPS = 40  # ... in this many golden-section steps
-CALIBRATION_BINS = 15  # confidence bins of the expected calibration error (Guo et al. use 15)
-CONFIDENT = 0.9  # a wrong answer above this confidence is believed: the calibration is judged by how many
-VARY_TURN, VARY_SLANT, VARY_SCALE, VARY_SHIFT = 15, 0.1, 0.15, 2  # degrees, shear, share, pixels: how the
-# digits the calibration is fitted on are varied, as digits read from pictures vary
-STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into ...
-STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs,
-STAGING_ASIDE = ".previous"  # ... and this folder, for the outputs the run replaces until they are replaced
+TEMPERATURE_ATTRIBUTE = "confidence_temperature"  # in model.h5 (an attribute) and model.onnx (metadata): the calibration
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # all stop a run as Ctrl-C does
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own code
 EXIT_INTERRUPTED = 130
 
-DOWNLOAD_TIMEOUT_SECONDS = 30
-ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
-IDX_FILES = {  # the names the original MNIST files are distributed under
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
-GRAPHVIZ_INSTALL = "apt-get install graphviz, brew install graphviz or conda install graphviz"
-
 # A log level the user set is kept, and TF_CPP_MIN_LOG_LEVEL=0 (every message) turns the filter
-# below off; otherwise TensorFlow logs warnings and errors only. Set before TensorFlow is imported.
+# of stderr off; otherwise TensorFlow logs warnings and errors only. Set before TensorFlow is imported.
 ALL_TENSORFLOW_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-# The forwarder of stderr: a separate process, so that what a dying process wrote still arrives.
-# The signals that stop a run do not stop it: it ends when the run closes the pipe. When the real
-# stderr is gone (a closed terminal), it goes on reading, so that a write to stderr never fails.
-FORWARD_STDERR = """
-import re, signal, sys
-for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-    if hasattr(signal, name):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-chatter, target = re.compile(sys.argv[1]), sys.stdout.buffer
-for line in sys.stdin.buffer:
-    if target and not chatter.search(line.decode(errors="replace")):
-        try:
-            target.write(line)
-            target.flush()
-        except OSError:
-            target = None
-"""
-
-# Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
-# logging is not set up when they are printed). Anything else still gets through.
-TENSORFLOW_CHATTER = re.compile(
-    r"^[IW]\d{4} "  # INFO and WARNING records from the C++ runtime
-    r"|absl::InitializeLog\(\)"
-    r"|cuInit|cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning"
-    r"|^To enable the following instructions|rebuild TensorFlow with the appropriate"
-    r"|NodeDef mentions attribute .* which is not in the op definition"
-)
 
 
 class DataError(Exception):
@@ -269,6 +220,9 @@ def output_dir_problem(path: Path) -> str | None:
 # -----------------------------------------------------------------------------
 # Data
 # -----------------------------------------------------------------------------
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
+
 def load_mnist(data: Path | None) -> Mnist:
     """MNIST as uint8 arrays, checked to be MNIST-shaped, from `data` or from Keras's download."""
     if data is None:
@@ -286,6 +240,9 @@ def load_mnist(data: Path | None) -> Mnist:
         raise DataError(f"{data}: no such file or folder")
     check_mnist(arrays, where)
     return Mnist(**arrays, source=source)
+
+
+DOWNLOAD_TIMEOUT_SECONDS = 30
 
 
 def download_mnist() -> dict[str, np.ndarray]:
@@ -321,6 +278,14 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in ARRAY_NAMES}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: unreadable .npz archive ({error})") from None
+
+
+IDX_FILES = {  # the names the original MNIST files are distributed under
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 def read_idx_folder(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -403,6 +368,35 @@ def split_validation(mnist: Mnist, fraction: float) -> Split:
 # -----------------------------------------------------------------------------
 # TensorFlow set-up
 # -----------------------------------------------------------------------------
+# The forwarder of stderr: a separate process, so that what a dying process wrote still arrives.
+# The signals that stop a run do not stop it: it ends when the run closes the pipe. When the real
+# stderr is gone (a closed terminal), it goes on reading, so that a write to stderr never fails.
+FORWARD_STDERR = """
+import re, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+chatter, target = re.compile(sys.argv[1]), sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if target and not chatter.search(line.decode(errors="replace")):
+        try:
+            target.write(line)
+            target.flush()
+        except OSError:
+            target = None
+"""
+
+# Messages TensorFlow's C++ core prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (its
+# logging is not set up when they are printed). Anything else still gets through.
+TENSORFLOW_CHATTER = re.compile(
+    r"^[IW]\d{4} "  # INFO and WARNING records from the C++ runtime
+    r"|absl::InitializeLog\(\)"
+    r"|cuInit|cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning"
+    r"|^To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|NodeDef mentions attribute .* which is not in the op definition"
+)
+
+
 @contextlib.contextmanager
 def tensorflow_chatter_filtered() -> Iterator[None]:
     """Pass stderr through a filter that drops TensorFlow's C++ chatter and keeps everything else.
@@ -644,6 +638,9 @@ def train(model, data: Split, args: argparse.Namespace, logs: Path) -> dict[str,
 # -----------------------------------------------------------------------------
 # Evaluation: one pass over the test set gives every figure of the report
 # -----------------------------------------------------------------------------
+EVAL_BATCH_SIZE = 1024  # testing only: the batch size does not change the result
+
+
 def classify(model, images: np.ndarray,
              prepare: Callable[[np.ndarray], np.ndarray] = normalize) -> np.ndarray:
     """The model's probabilities for each of the ten digits, one row per image.
@@ -686,6 +683,9 @@ def percent_or_na(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+CONFIDENT = 0.9  # a wrong answer above this confidence is believed: the calibration is judged by how many
+
+
 def calibration_report(model, data: Split, probabilities: np.ndarray, seed: int) -> dict:
     """The temperature fitted on varied validation digits, and how honest the confidence is with
     and without it on MNIST's own test digits and on the test digits varied the same way."""
@@ -718,6 +718,10 @@ def confident_wrong(probabilities: np.ndarray, labels: np.ndarray) -> int:
     return int((wrong & (probabilities.max(axis=1) > CONFIDENT)).sum())
 
 
+TEMPERATURE_RANGE = (0.25, 8.0)  # where the calibration's temperature is searched for ...
+TEMPERATURE_STEPS = 40  # ... in this many golden-section steps
+
+
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that makes the confidence honest on images the model was not trained on.
 
@@ -736,6 +740,10 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
         a, b = high - golden * (high - low), low + golden * (high - low)
         low, high = (low, b) if loss(a) < loss(b) else (a, high)
     return float(2 / (low + high))
+
+
+VARY_TURN, VARY_SLANT, VARY_SCALE, VARY_SHIFT = 15, 0.1, 0.15, 2  # degrees, shear, share, pixels: how the
+# digits the calibration is fitted on are varied, as digits read from pictures vary
 
 
 def varied_like_pictures(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -770,6 +778,9 @@ def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     logits = np.log(np.maximum(probabilities.astype(np.float64), 1e-12)) / temperature
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+CALIBRATION_BINS = 15  # confidence bins of the expected calibration error (Guo et al. use 15)
 
 
 def calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -817,7 +828,6 @@ def print_results(history: dict, report: dict) -> None:
     if pairs:
         print("Most confused: " + ", ".join(f"{true} -> {predicted}: {times} time{'' if times == 1 else 's'}"
                                             for true, predicted, times in pairs))
-
 
 
 # -----------------------------------------------------------------------------
@@ -936,6 +946,11 @@ def write_failure(error: OSError) -> str:
     if error.errno == errno.ENOSPC or "No space left on device" in str(error):  # h5py keeps errno in its text
         return "the disk is full"
     return error.strerror or str(error).splitlines()[0]
+
+
+STAGING_PREFIX = ".train-"  # + the owner's process id: the hidden folder a run writes into ...
+STAGING_LOCK = ".lock"  # ... holding this file, locked by the run for as long as it runs,
+STAGING_ASIDE = ".previous"  # ... and this folder, for the outputs the run replaces until they are replaced
 
 
 class Staging:
@@ -1100,6 +1115,9 @@ def signals_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+GRAPHVIZ_INSTALL = "apt-get install graphviz, brew install graphviz or conda install graphviz"
+
+
 def draw_architecture(model, path: Path) -> None:
     """The diagram is a nice-to-have: without a working Graphviz, warn once and carry on."""
     import keras
@@ -1187,8 +1205,6 @@ def metrics_report(args: argparse.Namespace, source: str, history: dict, report:
 
 def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
-
-
 
 
 # -----------------------------------------------------------------------------

@@ -174,6 +174,7 @@ def test_an_uploaded_picture_is_answered(page, tmp_path):
     page.find_element(By.ID, "upload").send_keys(str(tmp_path / "seven.jpg"))
     assert_answer_shown(page)
     assert text(page, "message").startswith("read seven.jpg")
+    assert "error" not in page.find_element(By.ID, "message").get_attribute("class")  # grey, not red
 
 
 def test_an_unreadable_upload_shows_the_reason_and_no_stale_answer(page, tmp_path):
@@ -183,6 +184,7 @@ def test_an_unreadable_upload_shows_the_reason_and_no_stale_answer(page, tmp_pat
     page.find_element(By.ID, "upload").send_keys(str(tmp_path / "blank.png"))
     wait_for(page, lambda: text(page, "message") == "no digit found (the image looks blank)")
     assert text(page, "digit") == "" and seen_brightness(page) == 0
+    assert "error" in page.find_element(By.ID, "message").get_attribute("class")  # red
 
 
 def test_an_upload_too_large_shows_why_it_was_refused(page, tmp_path):

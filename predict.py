@@ -881,9 +881,12 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else 0
 
 
+PACKAGES = ("onnxruntime", "PIL", "scipy")  # what reading digits needs (requirements-predict.txt): no TensorFlow
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not has_packages(("onnxruntime", "PIL", "scipy")):
+    if not has_packages(PACKAGES):
         return EXIT_ERROR
     stop_as_ctrl_c()
     try:

@@ -27,7 +27,8 @@ from typing import Iterator
 
 import numpy as np
 
-from predict import ModelError, PictureError, Recognizer, answer, onnx_model_path, picture_from, read_digit
+from predict import (PACKAGES, ModelError, PictureError, Recognizer, answer, onnx_model_path, picture_from,
+                     read_digit)
 from train import (EXIT_ERROR, IMAGE_SHAPE, METRICS_FILE, ONNX_FILE, OneLineParser, has_packages, run_as_program,
                    stop_as_ctrl_c, warn, whole_number)
 
@@ -569,7 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not has_packages(("onnxruntime", "PIL", "scipy")):
+    if not has_packages(PACKAGES):
         return EXIT_ERROR
     stop_as_ctrl_c()
     try:

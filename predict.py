@@ -322,10 +322,11 @@ def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, border_shar
     if edge.mean() >= border_share or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
         return None
     page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
+    if largest.sum() < paper_share * page.sum() or rectangle_share(page) < PAGE_RECTANGLE:  # the quick tests first
+        return None
     rows, columns = np.nonzero(page)
     room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1
-    if (rectangle_share(page) < PAGE_RECTANGLE or largest.sum() < paper_share * page.sum()
-            or room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1):
+    if room < PAGE_ROOM * max(np.ptp(rows), np.ptp(columns)) + 1:
         return None
     page = ndimage.binary_erosion(page, iterations=PAGE_EDGE)
     return page if page.any() else None

@@ -336,14 +336,19 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     """The smallest convex region holding the mask's pixels (the mask itself if they lie on a line)."""
     from scipy.spatial import ConvexHull, QhullError
 
-    points = np.argwhere(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    first, last = mask.argmax(axis=1), mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+    points = np.concatenate([np.stack([rows, first[rows]], 1), np.stack([rows, last[rows]], 1)])  # each row's ends
     try:
         hull = ConvexHull(points)
-    except QhullError:
+    except (QhullError, ValueError):  # in a line, or no pixels at all
         return mask
-    grid = np.indices(mask.shape).reshape(2, -1).T
-    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
-    return inside.reshape(mask.shape)
+    (top, left), (bottom, right) = points.min(axis=0), points.max(axis=0)
+    grid = np.indices((bottom - top + 1, right - left + 1)).reshape(2, -1).T + (top, left)  # the hull's box
+    inside = np.zeros_like(mask)
+    inside[top:bottom + 1, left:right + 1] = (
+        grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5 + 1e-9).all(axis=1).reshape(bottom - top + 1, -1)
+    return inside
 
 
 def rectangle_share(mask: np.ndarray) -> float:

@@ -156,9 +156,9 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     follow. Sizes in the notes are in the user's pixels, `scale` of them to each pixel of `grey`.
     """
     ink, between, enlarged = ink_map(grey)
-    strokes, between_paper, strength = ink_strokes(ink, between)
-    marks, several = digit_marks(without_shadow_edges(without_frames(without_ruled_lines(strokes)), between_paper),
-                                 SMALL_DIGIT * enlarged)
+    strokes, between_paper, paper = ink_strokes(ink, between)
+    digit_ink = without_shadow_edges(without_frames(without_ruled_lines(strokes)), between_paper)
+    marks, several = digit_marks(digit_ink, SMALL_DIGIT * enlarged)
     notes = []
     if several:
         notes.append("several marks: used the largest")
@@ -170,7 +170,7 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
                      "crop closer to it")
     if marks.sum() * (scale / enlarged) ** 2 < LITTLE_INK:
         notes.append("almost no ink")
-    if strength < FAINT_CONTRAST:
+    if float(np.percentile(ink[digit_ink], 90)) - paper < FAINT_CONTRAST:  # the digit's ink, not the ruled lines'
         notes.append("very faint")
     digit = fit_in_box(with_mnist_strokes(marks), DIGIT_BOX)
     return Reading(centre_by_mass(digit, FIELD), notes)
@@ -377,7 +377,7 @@ BLANK_PICTURE = "no digit found (the image looks blank)"
 
 def ink_strokes(ink: np.ndarray, between: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The pixels that are pen strokes, those of them that stand out as much against the paper on
-    both sides of them (`between`, see ink_map), and how strongly the strokes stand out from the paper (0-1).
+    both sides of them (`between`, see ink_map), and the paper's own level in the ink map.
 
     A pixel is a stroke where it holds at least half the strokes' full ink: the width at half
     strength is a stroke's true width, and paler marks (ruled lines, paper texture, noise) drop out.
@@ -396,7 +396,7 @@ def ink_strokes(ink: np.ndarray, between: np.ndarray) -> tuple[np.ndarray, np.nd
         raise PictureError(BLANK_PICTURE)
     strength = float(np.percentile(ink[standing_out], 90)) - paper
     above = max(strength / 2, NOISE_LEVELS * noise)  # above the paper's own level in each map
-    return ink > paper + above, between > float(np.median(beside)) + above, strength
+    return ink > paper + above, between > float(np.median(beside)) + above, paper
 
 
 def without_shadow_edges(strokes: np.ndarray, between_paper: np.ndarray) -> np.ndarray:

@@ -150,6 +150,16 @@ def test_guesses_are_noted_a_tiny_digit_and_a_faint_one(tmp_path):
     assert "very faint" in read(tmp_path / "faint.png").notes
 
 
+def test_a_dark_pen_digit_on_pale_ruled_lines_is_not_noted_faint(tmp_path):
+    page = Image.new("RGB", (600, 800), (250, 250, 245))
+    draw = ImageDraw.Draw(page)
+    for y in range(60, 800, 50):
+        draw.line([(0, y), (600, y)], fill=(170, 185, 205), width=2)
+    draw.line([(200, 252), (400, 252), (300, 510)], fill=(30, 30, 60), width=3)
+    page.save(tmp_path / "ruled.png")
+    assert "very faint" not in read(tmp_path / "ruled.png").notes  # the lines are pale, not the digit
+
+
 def test_a_folder_is_read_in_order_skipping_what_is_not_a_picture(model_file, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -157,7 +157,7 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     """
     ink, between, enlarged = ink_map(grey)
     strokes, between_paper, paper = ink_strokes(ink, between)
-    digit_ink = without_shadow_edges(without_frames(without_ruled_lines(strokes)), between_paper)
+    digit_ink = without_shadow_edges(without_frames(without_ruled_lines(strokes, ink)), between_paper)
     marks, several = digit_marks(digit_ink, SMALL_DIGIT * enlarged)
     notes = []
     if several:
@@ -410,10 +410,11 @@ def without_shadow_edges(strokes: np.ndarray, between_paper: np.ndarray) -> np.n
     return kept
 
 
+DARKER_THAN_LINES = 2  # ink this many times the ruled lines' own, where they run, is the digit's
 MARGIN_CROSSES = 3  # a line alone down a page is its margin if it crosses this many ruled lines (a 1 crosses fewer)
 
 
-def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
+def without_ruled_lines(strokes: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """The strokes less ruled lines: thin straight lines across most of the picture that repeat at a
     spacing (ruled or squared paper) or run well past the rest of the ink on both sides (a margin).
 
@@ -425,6 +426,8 @@ def without_ruled_lines(strokes: np.ndarray) -> np.ndarray:
     across = ruled_lines(strokes, lone_is_ruled=True)
     margin = line_count(across) >= MARGIN_CROSSES  # a line down a page ruled across is its margin
     lines = across | ruled_lines((strokes & ~across).T, lone_is_ruled=margin).T
+    if lines.any():  # ink far darker than the lines' own is the digit's, lying on a line (a 7's bar)
+        lines &= ink < DARKER_THAN_LINES * float(np.median(ink[lines]))
     kept = strokes & ~lines
     if kept.sum() < MIN_INK_PIXELS:  # what the lines leave is specks, not a digit
         raise PictureError(BLANK_PICTURE)

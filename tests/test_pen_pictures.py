@@ -150,6 +150,19 @@ def test_guesses_are_noted_a_tiny_digit_and_a_faint_one(tmp_path):
     assert "very faint" in read(tmp_path / "faint.png").notes
 
 
+@pytest.mark.parametrize("above", [0, 2, 4])
+def test_a_sevens_bar_written_on_a_pale_ruled_line_is_kept(above, tmp_path):
+    def seven(ruled: bool) -> np.ndarray:
+        page = Image.new("RGB", (600, 800), (250, 250, 245))
+        draw = ImageDraw.Draw(page)
+        for y in range(60, 800, 50) if ruled else ():
+            draw.line([(0, y), (600, y)], fill=(170, 185, 205), width=2)
+        draw.line([(200, 260 - above), (400, 260 - above), (300, 520)], fill=(30, 30, 60), width=2)
+        page.save(tmp_path / "seven.png")
+        return read(tmp_path / "seven.png").image
+    assert similarity(seven(ruled=True), seven(ruled=False)) > 0.9
+
+
 def test_a_dark_pen_digit_on_pale_ruled_lines_is_not_noted_faint(tmp_path):
     page = Image.new("RGB", (600, 800), (250, 250, 245))
     draw = ImageDraw.Draw(page)

@@ -470,12 +470,21 @@ RULED_LINE_GAP = 6  # ... and gaps of up to this many 64ths of the width do not 
 def thin_long_lines(strokes: np.ndarray) -> np.ndarray:
     """The pixels of thin, nearly horizontal lines that run across most of the picture's width."""
     height, width = strokes.shape
-    runs = vertical_run_lengths(strokes)
-    thin = strokes & (runs <= RULED_LINE_THICKNESS * max(height, width))  # not the lines across them (squared paper)
     pool = max(1, width // 64)  # columns per step: a line may climb one row per step
     columns = width // pool
-    pooled = thin[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
-    if bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE:  # no line can cross this few columns
+
+    def pooled_columns(mask: np.ndarray) -> np.ndarray:
+        return mask[:, :columns * pool].reshape(height, columns, pool).any(axis=2)
+
+    def too_few_columns(pooled: np.ndarray) -> bool:
+        return bridged(pooled.any(axis=0)[np.newaxis], RULED_LINE_GAP).mean() < RULED_LINE
+
+    if too_few_columns(pooled_columns(strokes)):  # no line can cross them (most pictures: a quick no)
+        return np.zeros_like(strokes)
+    runs = vertical_run_lengths(strokes)
+    thin = strokes & (runs <= RULED_LINE_THICKNESS * max(height, width))  # not the lines across them (squared paper)
+    pooled = pooled_columns(thin)
+    if too_few_columns(pooled):
         return np.zeros_like(strokes)
     near = pooled.copy()  # a slanting line may climb a row in a gap: the rows beside a dash bridge it too
     near[1:] |= pooled[:-1]

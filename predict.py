@@ -884,7 +884,7 @@ def predict(args: argparse.Namespace) -> int:
         except PictureError as error:
             failed = True
             if args.format == "json":
-                print(json.dumps({"path": str(path), "error": str(error)}))
+                print(json.dumps({"path": str(path), "error": str(error)}), flush=True)
             else:
                 print(f"{path}: error: {error}", file=sys.stderr)
             continue

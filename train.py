@@ -1157,11 +1157,13 @@ def save_onnx(model, path: Path, temperature: float) -> None:
     """model.onnx, through Keras's own export, with the confidence calibration in its metadata: the
     model predict.py and serve.py run without TensorFlow. One that cannot be made is a warning
     that says why; model.h5 is saved all the same."""
+    not_saved = f"{ONNX_FILE}, which predict.py and serve.py run, was not saved ({MODEL_FILE} was): "
     missing = [package for package in ("onnx", "tf2onnx") if importlib.util.find_spec(package) is None]
+    if missing:
+        warn(f"{not_saved}{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+             "pip install -r requirements.txt")
+        return
     try:
-        if missing:
-            raise ImportError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
-                              "pip install -r requirements.txt")
         import onnx
 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # tf2onnx's notices
@@ -1172,8 +1174,7 @@ def save_onnx(model, path: Path, temperature: float) -> None:
         onnx.save(exported, path)
     except Exception as error:  # tf2onnx and onnx raise their own kinds
         path.unlink(missing_ok=True)
-        why = str(error).splitlines()[0] if str(error) else type(error).__name__
-        warn(f"{ONNX_FILE}, which predict.py and serve.py run, was not saved ({MODEL_FILE} was): {why}")
+        warn(not_saved + (str(error).splitlines()[0] if str(error) else type(error).__name__))
 
 
 def metrics_report(args: argparse.Namespace, source: str, history: dict, report: dict, calibration: dict,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How well does predict.py read digits that are not MNIST's own 28x28 images?
 
-    python tests/handwriting_check.py --data ../shared/data/mnist.npz --model model.h5
+    python tests/handwriting_check.py --data ../shared/data/mnist.npz --model model.onnx
 
 Makes pictures the way users take them and scores predict.py's preprocessing on them. The digits
 come from four sources:
@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
-import keras
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -316,7 +314,8 @@ def preprocessing_times(rng: np.random.Generator, digit: np.ndarray, folder: Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="real MNIST (.npz): its test digits")
-    parser.add_argument("--model", type=Path, default=Path(train.MODEL_FILE), help="the trained model")
+    parser.add_argument("--model", type=Path, default=Path(train.ONNX_FILE),
+                        help="the trained model, as predict.py takes it (model.onnx, or the model.h5 beside it)")
     parser.add_argument("--count", type=int, default=100,
                         help="MNIST test digits to re-render, write with a pen and draw on the canvas (each); "
                              "the fonts' digits are all used")
@@ -329,21 +328,23 @@ def main() -> int:
     started = time.perf_counter()
     rows = made_pictures(folder, args.data, args.count, args.seed)
     made_in = time.perf_counter() - started
-    train.start_tensorflow(args.seed)
-    model = keras.models.load_model(args.model, compile=False)  # the model.onnx beside it gives the same answers
-    with h5py.File(args.model, "r") as file:
-        temperature = float(file.attrs.get(train.TEMPERATURE_ATTRIBUTE, 1.0))
+    recognizer = predict.Recognizer(args.model)  # the model predict.py runs
+    temperature = recognizer.temperature
+
+    def model_own(images: np.ndarray) -> np.ndarray:
+        """The model's own probabilities for many inputs at once (predict.py calibrates them)."""
+        return recognizer.session.run(None, {recognizer.input_name: images.astype(np.float32)})[0]
 
     started = time.perf_counter()
     inputs, refused = our_inputs([Path(row["path"]) for row in rows])
     read_in = time.perf_counter() - started
-    raw = model.predict(inputs, verbose=0)
+    raw = model_own(inputs)
     probabilities = train.calibrated(raw, temperature)
     labels = np.array([-1 if row["label"] is None else row["label"] for row in rows])
     answered = ~refused
     right = answered & (probabilities.argmax(axis=1) == labels)
     made = [i for i, row in enumerate(rows) if row["kind"] == "made"]
-    tutorial = model.predict(np.stack([tutorial_input(Path(rows[i]["path"])) for i in made]), verbose=0)
+    tutorial = model_own(np.stack([tutorial_input(Path(rows[i]["path"])) for i in made]))
     tutorial_right = {source: np.array([tutorial[n].argmax() == labels[i] for n, i in enumerate(made)
                                         if rows[i]["source"] == source]) for source in SOURCES}
 
@@ -365,7 +366,7 @@ def main() -> int:
     print(f"confidence on the pen photos as made, as the model gives it: {honesty(raw[pen], labels[pen])}; "
           f"calibrated (printed): {honesty(probabilities[pen], labels[pen])}")
     with np.load(args.data) as data:
-        test = model.predict(data["x_test"] / 255, verbose=0)
+        test = model_own(data["x_test"] / 255)
         print(f"MNIST test set (10,000 images): as the model gives it: {honesty(test, data['y_test'])}; "
               f"calibrated (temperature {temperature:.2f}): "
               f"{honesty(train.calibrated(test, temperature), data['y_test'])}")

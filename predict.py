@@ -235,8 +235,9 @@ def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
 PAGE_VIEW = 64  # a page lying on a desk is looked for on a copy this many pixels a side: ...
 PAGE_RECTANGLE = 0.85  # ... it fills at least this share of the rectangle around it, ...
 PAGE_PAPER = 0.5  # ... at least this share of it is paper, ...
-DARK_PAGE_PAPER = 0.9  # ... (of a dark page, this share: a bold digit blurred is a dark blob too, but not so full)
-DARK_PAGE_BORDER = 0.05  # ... (and it meets less than this share of the border: not a shadow's corner)
+DARK_PAGE_PAPER = 0.8  # ... (a dark page: this share, ...
+DARK_PAGE_RECTANGLE = 0.9  # ... filling this share of its rectangle (a bold digit blurred is a roomy blob, but rounder)
+DARK_PAGE_BORDER = 0.05  # ... and meeting less than this share of the border: not a shadow's corner)
 PAGE_ROOM = 0.15  # ... a circle with this share of its size as radius fits in it, ...
 FAR_DARKER = 0.6  # ... and what lies around it is less bright than this share of it (not a shadow; a desk's grain
 # is lighter in places than its average)
@@ -292,23 +293,23 @@ def dark_page_on_desk(small: np.ndarray) -> np.ndarray | None:
     lying on something far lighter; else None.
 
     It is page_on_desk on the picture's darkness (the darkest grey over each pixel's), in which
-    far lighter is what far darker is in its brightness. The page must be nearly all paper (a
-    bold digit blurred on light paper is a dark, roomy blob too) and lie inside the picture (a
-    shadow across a corner of a light page is dark and far darker than the page).
+    far lighter is what far darker is in its brightness. The page must be mostly paper and nearly
+    a rectangle (a bold digit blurred on light paper is a dark, roomy blob too, but rounder) and lie
+    inside the picture (a shadow across a corner of a light page is dark and far darker than the page).
     """
     darkest = max(float(small.min()), 1 / 255)
-    return page_on_desk(darkest / np.maximum(small, darkest), DARK_PAGE_PAPER, DARK_PAGE_BORDER)
+    return page_on_desk(darkest / np.maximum(small, darkest), DARK_PAGE_PAPER, DARK_PAGE_RECTANGLE, DARK_PAGE_BORDER)
 
 
-def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, border_share: float = 0.5
-                 ) -> np.ndarray | None:
+def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, rectangle: float = PAGE_RECTANGLE,
+                 border_share: float = 0.5) -> np.ndarray | None:
     """Where the page is, less its edge, if the picture shows a page lying on something far darker; else None.
 
     The page is the largest light region (the picture split into light and dark, Otsu's way)
-    with the ink on it: a roomy rectangle, at least `paper_share` of it paper, meeting less than
-    `border_share` of the picture's border, while one region less than FAR_DARKER as bright (not a
-    shadow) meets more than half of it. A chalk digit on a blackboard is light and surrounded
-    too, but is mostly the board between its strokes.
+    with the ink on it: a roomy rectangle (filling `rectangle` of the one around it), at least
+    `paper_share` of it paper (what a digit's loops cut off of the page counted), meeting less than `border_share` of the picture's border, while one
+    region less than FAR_DARKER as bright (not a shadow) meets more than half of it. A chalk digit
+    on a blackboard is light and surrounded too, but is mostly the board between its strokes.
     """
     from scipy import ndimage
 
@@ -322,7 +323,7 @@ def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, border_shar
     if edge.mean() >= border_share or np.bincount(around_edge)[1:].max(initial=0) < 0.5 * len(edge):
         return None
     page = convex_hull(largest)  # with the ink on it, even where a stroke reaches its edge
-    if largest.sum() < paper_share * page.sum() or rectangle_share(page) < PAGE_RECTANGLE:  # the quick tests first
+    if (light & page).sum() < paper_share * page.sum() or rectangle_share(page) < rectangle:  # the quick tests first
         return None
     rows, columns = np.nonzero(page)
     room = ndimage.distance_transform_edt(np.pad(page, 1)).max()  # the widest circle's radius, + 1

@@ -136,6 +136,21 @@ def test_a_black_card_on_a_lighter_desk_is_read_as_the_card_alone():
     assert similarity(read(desk(card, 0.8, wood=110), "JPEG").image, read(card, "JPEG").image) > 0.9
 
 
+def test_a_black_card_with_a_large_bold_digit_on_a_lighter_desk_is_read_as_the_card_alone():
+    """A chalk 8 filling the card: its loops part the card, and the card is still the page, and dark."""
+    card = drawn([], 400, 0.04, paper=30, ink=230, loops=EIGHT_LOOPS).resize((300, 400))
+    assert similarity(read(desk(card, 0.8, wood=110), "JPEG").image, read(card, "JPEG").image) > 0.9
+
+
+def test_a_bold_blurred_digit_on_light_paper_is_not_taken_for_a_dark_card():
+    """A marker 8, blurred: a roomy dark blob as full as a card with a digit on it, but rounder than any card."""
+    eight = drawn([], 300, 0.25, paper=220, ink=40, loops=EIGHT_LOOPS).filter(ImageFilter.GaussianBlur(8))
+    page = Image.new("L", (500, 500), 220)
+    page.paste(eight, (100, 100))
+    grey = np.asarray(page, np.float32) / 255
+    assert np.array_equal(predict.on_the_page(grey), grey)  # dark ink on light paper, as it is
+
+
 def ruled_page(squared: bool, margin: bool = False) -> Image.Image:
     """A blank page of ruled (or squared) paper, pale lines 50 pixels apart, photographed with a little noise;
     ruled paper may have its red margin line down the left."""

@@ -176,8 +176,10 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     return Reading(centre_by_mass(digit, FIELD), notes)
 
 
-DARKEST_PAPER = 0.5  # shadows may make the paper this dark, relative to its brightest, and no darker
-PAPER_REACH = 10  # a stroke has paper on both sides within this many pixels of a 48-pixel copy (a marker a fifth of it wide)
+PAPER_WINDOW = 9  # the paper is the brightest value within a window this wide on a 48-pixel copy, ...
+PAPER_REACH = 24  # ... or the paper on both sides of a stroke up to this many pixels away (a bold digit cropped close),
+DARKEST_PAPER = 0.35  # ... and never darker than this share of the page's own brightness (ink is darker; a shadow
+# seldom is)
 
 
 def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -196,37 +198,38 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         factor = -(-100 // max(grey.shape))
         grey = np.kron(grey, np.ones((factor, factor), np.float32))
     grey = on_the_page(grey)
-    # The paper's brightness around each pixel: the brightest value in a window wider than a
-    # stroke, taken on a small copy. Dividing by it evens out shadows and uneven lighting.
+    # The paper's brightness around each pixel, taken on a small copy: the brightest value in a
+    # window wider than a pen's stroke or, inside a wider one (a marker, a blurred scan), the paper
+    # on both sides of it. Dividing by it evens out shadows and uneven lighting.
     height, width = grey.shape
     scale = 48 / max(height, width)
     small = Image.fromarray(np.uint8(grey * 255)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
     small = np.asarray(small)
-    # Inside a stroke wider than the window (a marker, a blurred scan) the brightest value is ink:
-    # the paper is never taken to be darker than this share of the page's own brightness.
+    # Inside a bold stroke that runs along the edge of a tight crop, no paper is found beside it.
     darkest = np.uint8(DARKEST_PAPER * np.percentile(small, 95))
 
     def ink_against(paper: np.ndarray) -> np.ndarray:
         paper = Image.fromarray(np.maximum(paper, darkest)).resize((width, height), Image.Resampling.BILINEAR)
         return np.clip(1 - grey / np.maximum(np.asarray(paper, np.float32) / 255, 1e-3), 0, 1)
 
-    brightest = ndimage.maximum_filter(small, size=9, mode="nearest")
-    return ink_against(brightest), ink_against(paper_on_both_sides(small, PAPER_REACH)), factor
+    both_sides = paper_on_both_sides(small, PAPER_REACH)
+    brightest = np.maximum(ndimage.maximum_filter(small, size=PAPER_WINDOW, mode="nearest"), both_sides)
+    return ink_against(brightest), ink_against(both_sides), factor
 
 
 def paper_on_both_sides(small: np.ndarray, reach: int) -> np.ndarray:
     """The paper's brightness beside each pixel as a stroke has it: the brightest value within `reach`
     pixels on each side, the darker of the two sides, along a row or down a column, whichever is brighter.
 
-    A stroke has paper on both sides of it in some direction; a pixel just inside a shadow has the
-    lit paper on one side only, and the shadow on the other. Beyond the picture's edge lies its
-    mirror image, so that a stroke along the edge of a tight crop still has paper beyond it.
+    A stroke has paper on both sides of it in some direction; a pixel inside a shadow has the lit
+    paper on one side only, and the shadow on the other. Beyond the picture's edge, the picture
+    goes on as it is at the edge: a shadow across a corner has no lit paper beyond it.
     """
     from scipy import ndimage
 
     def brightest(axis: int, side: int) -> np.ndarray:
-        return ndimage.maximum_filter1d(small, size=reach + 1, axis=axis, mode="reflect", origin=side * (reach // 2))
+        return ndimage.maximum_filter1d(small, size=reach + 1, axis=axis, mode="nearest", origin=side * (reach // 2))
 
     along_rows, down_columns = (np.minimum(brightest(axis, 1), brightest(axis, -1)) for axis in (1, 0))
     return np.maximum(along_rows, down_columns)
@@ -674,9 +677,14 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
         reach = max(marks.shape) * low / DIGIT_BOX  # more than the widest pen MNIST's range needs
         distance = ndimage.distance_transform_edt(~np.pad(marks, int(reach) + 2))
         marks = distance <= least_that_holds(lambda r: width_in_box(distance <= r) >= low, reach)
-    elif width_in_box(marks) > high:  # thin: keep only the pixels deeper inside the ink than some distance
+    elif width_in_box(marks) > high:  # thin: keep the middle of each stroke, the same share of its own width
         depth = ndimage.distance_transform_edt(np.pad(marks, 1))
-        thinner = depth > least_that_holds(lambda r: width_in_box(depth > r) <= high, depth.max())
+        # Each pixel's depth as a share of its stroke's half-width: the greatest depth within the
+        # thick strokes' width of it. Eroding every stroke by one distance would wipe out the thin
+        # ones and leave the blobs where a blurred marker's strokes meet.
+        thick = 2 * int(np.ceil(np.percentile(depth[depth > 0], 90))) + 1
+        share = depth / np.maximum(ndimage.maximum_filter(depth, size=thick), 1)
+        thinner = share > least_that_holds(lambda s: width_in_box(share > s) <= high, 1.0)
         marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
     rows, columns = np.nonzero(marks)
     return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)

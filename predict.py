@@ -444,14 +444,19 @@ LONE_LINE_SLOPE = 0.15  # ... and a line alone on the page, if it rises less tha
 
 def ruled_lines(strokes: np.ndarray, lone_is_ruled: bool) -> np.ndarray:
     """The pixels of the nearly horizontal ruled lines (see without_ruled_lines); a single line
-    that is all the ink counts if `lone_is_ruled` and it lies flat."""
+    that is all the ink (but specks) counts if `lone_is_ruled` and it lies flat."""
+    from scipy import ndimage
+
     lines = thin_long_lines(strokes)
     if line_count(lines) != 1:
         return lines
     rows = np.flatnonzero(lines.any(axis=1))
     ends = np.flatnonzero(lines.any(axis=0))
     length = ends[-1] - ends[0] + 1
-    rest = np.flatnonzero((strokes & ~lines).any(axis=0))
+    others, _ = ndimage.label(strokes & ~lines, np.ones((3, 3)))
+    sizes = np.bincount(others.ravel())
+    sizes[0] = 0
+    rest = np.flatnonzero((sizes >= SPECK * lines.sum())[others].any(axis=0))  # the other ink, less specks
     if not len(rest):
         flat = rows[-1] - rows[0] + 1 <= LONE_LINE_SLOPE * length
         return lines if lone_is_ruled and flat else np.zeros_like(lines)

@@ -194,6 +194,16 @@ def test_a_blank_ruled_page_with_a_margin_line_has_no_digit():
         read(ruled_page(squared=False, margin=True), "JPEG")
 
 
+def test_a_blank_ruled_page_with_a_margin_line_and_a_few_specks_has_no_digit():
+    """Specks of dust (or what a line's edge leaves) do not make the margin line a digit's stroke."""
+    page = ruled_page(squared=False, margin=True)
+    draw = ImageDraw.Draw(page)
+    for x, y in ((300, 8), (520, 12), (700, 300)):
+        draw.rectangle([x, y, x + 1, y], fill=(150, 175, 215))
+    with pytest.raises(predict.PictureError, match="no digit found"):
+        read(page, "JPEG")
+
+
 def shaded_page(shade: int = 140) -> Image.Image:
     """A blank page with a soft shadow across one corner (a hand or a phone held over it), a little noisy."""
     shadow = Image.new("L", (800, 600), 255)

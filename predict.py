@@ -580,7 +580,7 @@ SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
 DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot ...
-GRAIN = 3  # ... and if as many other marks are at least a quarter its size, they are all the paper's grain
+GRAIN = 1  # ... and if this many other marks are at least a quarter its size, they are all the paper's grain
 
 
 def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
@@ -588,8 +588,9 @@ def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
 
     Marks close together (the parts of a broken pen stroke, a 5's flag) form one group; specks
     are left out; of several groups, the largest is the digit. If it is a dot (smaller than `small`
-    pixels or than DOT of the picture) and several others are a quarter its size or more, they are
-    all grain (a noisy blank page, what squared paper's lines leave); a dot alone is a tiny digit.
+    pixels or than DOT of the picture) and another is a quarter its size or more, they are all
+    grain (a noisy blank page, what squared paper's lines or a shadow's edge leave); a dot alone
+    is a tiny digit.
     """
     from scipy import ndimage
 
@@ -660,6 +661,7 @@ def stroke_width(mask: np.ndarray) -> float:
 
 MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
 STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
+THINNED_EXTENT = 0.85  # thinning a bold digit keeps at least this share of its height and width (a blob's shape)
 
 
 def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
@@ -689,7 +691,14 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
         # ones and leave the blobs where a blurred marker's strokes meet.
         thick = 2 * int(np.ceil(np.percentile(depth[depth > 0], 90))) + 1
         share = depth / np.maximum(ndimage.maximum_filter(depth, size=thick), 1)
-        thinner = share > least_that_holds(lambda s: width_in_box(share > s) <= high, 1.0)
+        extent = np.ptp(np.nonzero(marks), axis=1)
+
+        def shrunk(s: float) -> bool:  # thinner still, the digit would lose its size, not just its boldness
+            kept = np.nonzero(share > s)
+            return not len(kept[0]) or bool((np.ptp(kept, axis=1) < THINNED_EXTENT * extent).any())
+
+        bold_no_more = least_that_holds(lambda s: width_in_box(share > s) <= high, 1.0)
+        thinner = share > min(bold_no_more, 0.99 * least_that_holds(shrunk, 1.0))  # just short of shrinking
         marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
     rows, columns = np.nonzero(marks)
     return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)

@@ -78,6 +78,15 @@ def test_a_marker_bar_over_a_thin_pen_stroke_keeps_both():
     assert similarity(read(page).image, clean(SEVEN)) > 0.6
 
 
+def test_a_marker_eight_with_its_loops_nearly_filled_is_thinned_into_an_eight_not_a_one():
+    """Thinned to MNIST's pen, a blob keeps its size: only what makes it bold is taken off, not its shape."""
+    eight = drawn([], 300, 0.25, paper=220, ink=40, loops=EIGHT_LOOPS).filter(ImageFilter.GaussianBlur(8))
+    image = read(to_ink(eight).resize((60, 80), Image.Resampling.LANCZOS)).image
+    rows, columns = np.nonzero(image > 0.3)
+    assert np.ptp(columns) + 1 >= 0.7 * (np.ptp(rows) + 1)  # as wide as an 8, for its height
+    assert similarity(image, clean([], EIGHT_LOOPS)) > 0.45
+
+
 def test_a_bold_digit_cropped_inside_its_box_is_dark_on_light():
     """Cropped to the digit's ink, the box drawn around it runs down both sides: half the border is dark,
     but most of the picture is the light paper, and so is the paper."""
@@ -230,6 +239,18 @@ def test_a_blank_page_with_a_few_dots_on_it_has_no_digit():
         draw.ellipse([x - 8, y - 8, x + 8, y + 8], fill=60)
     with pytest.raises(predict.PictureError, match="no digit found"):
         read(page, "JPEG")
+
+
+def test_a_blank_page_with_a_slanting_shadow_across_a_corner_has_no_digit():
+    """A shadow's slanting edge is taken off but for a few specks of the paper's grain along it: grain, not a digit."""
+    page = np.full((800, 1000, 3), (245, 243, 236), np.float32)
+    rows, columns = np.mgrid[0:800, 0:1000]
+    page[columns + rows < 450] *= 0.45
+    page = np.asarray(Image.fromarray(np.uint8(page)).filter(ImageFilter.GaussianBlur(3)), np.float32)
+    page *= (1 - 20 / 255 * (0.6 * columns / 1000 + 0.4 * rows / 800))[..., None]  # the light falling off
+    page += np.random.default_rng(630).normal(0, 5, page.shape)  # a camera's colour noise
+    with pytest.raises(predict.PictureError, match="no digit found"):
+        read(Image.fromarray(np.uint8(np.clip(page, 0, 255))), "JPEG")
 
 
 def test_a_digit_beside_a_shadow_is_read_as_without_it():

@@ -161,7 +161,7 @@ def test_a_black_card_on_a_lighter_desk_is_read_as_the_card_alone():
     assert similarity(read(desk(card, 0.8, wood=110), "JPEG").image, read(card, "JPEG").image) > 0.9
 
 
-def test_a_black_card_with_a_large_bold_digit_on_a_lighter_desk_is_read_as_the_card_alone():
+def test_a_black_card_parted_by_its_chalk_digits_loops_is_read_as_the_card_alone():
     """A chalk 8 filling the card: its loops part the card, and the card is still the page, and dark."""
     card = drawn([], 400, 0.04, paper=30, ink=230, loops=EIGHT_LOOPS).resize((300, 400))
     assert similarity(read(desk(card, 0.8, wood=110), "JPEG").image, read(card, "JPEG").image) > 0.9

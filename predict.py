@@ -206,7 +206,7 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     small = Image.fromarray(np.uint8(grey * 255)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
     small = np.asarray(small)
-    # Inside a bold stroke that runs along the edge of a tight crop, no paper is found beside it.
+    # Inside a bold bar along the edge of a tight crop no paper is found at all: a floor, then.
     darkest = np.uint8(DARKEST_PAPER * np.percentile(small, 95))
 
     def ink_against(paper: np.ndarray) -> np.ndarray:
@@ -310,9 +310,10 @@ def page_on_desk(small: np.ndarray, paper_share: float = PAGE_PAPER, rectangle: 
 
     The page is the largest light region (the picture split into light and dark, Otsu's way)
     with the ink on it: a roomy rectangle (filling `rectangle` of the one around it), at least
-    `paper_share` of it paper (what a digit's loops cut off of the page counted), meeting less than `border_share` of the picture's border, while one
-    region less than FAR_DARKER as bright (not a shadow) meets more than half of it. A chalk digit
-    on a blackboard is light and surrounded too, but is mostly the board between its strokes.
+    `paper_share` of it paper (what a digit's loops cut off of the page counted), meeting less than
+    `border_share` of the picture's border, while one region less than FAR_DARKER as bright (not a
+    shadow) meets more than half of it. A chalk digit on a blackboard is light and surrounded too,
+    but is mostly the board between its strokes.
     """
     from scipy import ndimage
 
@@ -579,8 +580,7 @@ def without_frames(strokes: np.ndarray) -> np.ndarray:
 SPECK = 0.02  # marks smaller than this share of the largest one are specks
 MAX_MARKS = 50  # only the largest marks are considered
 SEVERAL_MARKS = 0.25  # another group of marks this large, relative to the digit's, is noted
-DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot ...
-GRAIN = 1  # ... and if this many other marks are at least a quarter its size, they are all the paper's grain
+DOT = 0.03  # a digit smaller than SMALL_DIGIT, or within a square this share of the picture's longer side, is a dot
 
 
 def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
@@ -608,7 +608,7 @@ def digit_marks(strokes: np.ndarray, small: int) -> tuple[np.ndarray, bool]:
                   and bounds([boxes[i] for i in group])[1] - bounds([boxes[i] for i in group])[0] >= height / 2
                   for group in groups[1:])
     dot = max(height, right - left) < max(small, DOT * max(strokes.shape))  # grain is dots
-    if dot and sum(size[id(g)] >= size[id(chosen)] / 4 for g in groups[1:]) >= GRAIN:
+    if dot and any(size[id(g)] >= size[id(chosen)] / 4 for g in groups[1:]):  # dots: the paper's grain
         raise PictureError(BLANK_PICTURE)
     crop = np.isin(labels[top:bottom, left:right], [i + 1 for i in chosen])
     return crop, several

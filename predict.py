@@ -168,7 +168,7 @@ def read_digit(grey: np.ndarray, scale: float = 1.0) -> Reading:
     elif height < SMALL_DIGIT:
         notes.append(f"the digit is small for so large a picture ({round(height * scale)} pixels tall): "
                      "crop closer to it")
-    if marks.sum() * (scale / enlarged) ** 2 < LITTLE_INK:
+    elif marks.sum() * (scale / enlarged) ** 2 < LITTLE_INK:  # a small digit has little ink: said already
         notes.append("almost no ink")
     if float(np.percentile(ink[digit_ink], 90)) - paper < FAINT_CONTRAST:  # the digit's ink, not the ruled lines'
         notes.append("very faint")

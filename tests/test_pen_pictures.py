@@ -139,6 +139,15 @@ def test_two_digits_side_by_side_get_a_note(tmp_path):
     assert read(tmp_path / "one.png").notes == []
 
 
+def test_a_whole_picture_20_pixels_a_side_is_noted_small_once(tmp_path):
+    """A clear 7 filling a 20x20 picture: it is small, and that is the note; not "almost no ink" as well."""
+    small = Image.new("L", (20, 20), 255)
+    ImageDraw.Draw(small).line([(3, 3), (16, 3), (8, 17)], fill=0, width=1)
+    small.save(tmp_path / "small.png")
+    [note] = read(tmp_path / "small.png").notes
+    assert note.startswith("the digit is only")
+
+
 def test_guesses_are_noted_a_tiny_digit_and_a_faint_one(tmp_path):
     tiny = Image.new("L", (1000, 800), 255)
     ImageDraw.Draw(tiny).line([(500, 400), (510, 400), (504, 412)], fill=0, width=2)

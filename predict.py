@@ -661,7 +661,7 @@ def stroke_width(mask: np.ndarray) -> float:
 
 MNIST_STROKE = (1.7, 2.3)  # stroke width of the middle half of MNIST's digits, in 20x20-box pixels
 STROKE_FRAME = 4 * DIGIT_BOX  # a small digit's longer side is enlarged to this before its width is set
-THINNED_EXTENT = 0.85  # thinning a bold digit keeps at least this share of its height and width (a blob's shape)
+THINNED_EXTENT = 0.85  # thinning a bold digit stops where it would keep less of its height or width (a blob's shape)
 
 
 def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
@@ -693,12 +693,12 @@ def with_mnist_strokes(marks: np.ndarray) -> np.ndarray:
         share = depth / np.maximum(ndimage.maximum_filter(depth, size=thick), 1)
         extent = np.ptp(np.nonzero(marks), axis=1)
 
-        def shrunk(s: float) -> bool:  # thinner still, the digit would lose its size, not just its boldness
+        def thin_enough(s: float) -> bool:  # bold no more, or thinner still would lose the digit's size
             kept = np.nonzero(share > s)
-            return not len(kept[0]) or bool((np.ptp(kept, axis=1) < THINNED_EXTENT * extent).any())
+            shrunk = not len(kept[0]) or bool((np.ptp(kept, axis=1) < THINNED_EXTENT * extent).any())
+            return shrunk or width_in_box(share > s) <= high
 
-        bold_no_more = least_that_holds(lambda s: width_in_box(share > s) <= high, 1.0)
-        thinner = share > min(bold_no_more, 0.99 * least_that_holds(shrunk, 1.0))  # just short of shrinking
+        thinner = share > least_that_holds(thin_enough, 1.0)
         marks = thinner if thinner.any() else marks  # a blob with no strokes to thin
     rows, columns = np.nonzero(marks)
     return marks[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)
